@@ -1,0 +1,36 @@
+//! Subcommands of `ferrogate`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Ferrogate: a Kubernetes-native API gateway.
+#[derive(Parser, Debug)]
+#[command(name = "ferrogate", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as multi-document YAML.
+    Crds,
+}
+
+/// Runs one parsed command line; the return value is the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Crds => match crds::definitions_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,4 @@
+//! The `ferrogate` binary's library: one function per subcommand, wiring the
+//! workspace crates together.
+
+pub mod cli;
