@@ -176,7 +176,7 @@ pub enum JwtAlgorithm {
 }
 
 /// Where a credential is read from; set exactly one field.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialSource {
     /// A request header. For `Authorization`, a `Bearer ` prefix is removed.
@@ -194,7 +194,7 @@ pub struct CredentialSource {
 }
 
 /// Copies a claim into a request header.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct ClaimToHeader {
     /// Claim name; nested claims as `a.b`.
     #[schemars(length(min = 1, max = 256))]

@@ -1,1 +1,11 @@
-//! snapshot
+//! The contract between controller and dataplane: the [`Snapshot`] model,
+//! and the pure compiler that turns Kubernetes resources into it.
+//!
+//! Pure: no Kubernetes client, no sockets, no clock (time is an argument),
+//! no randomness. The same resources in any order give byte-identical
+//! snapshots.
+#![warn(missing_docs)]
+
+pub mod model;
+
+pub use model::Snapshot;
