@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod model;
+pub mod resources;
 
 pub use model::Snapshot;
+pub use resources::Resources;
