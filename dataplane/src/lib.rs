@@ -1,1 +1,4 @@
 //! dataplane
+pub mod balance;
+pub mod device;
+pub mod health;
