@@ -1,0 +1,695 @@
+//! The request path. Every request goes through these phases, in order:
+//!
+//! ```text
+//!  load table ─▶ identify (request id, host, device) ─▶ check SNI (421)
+//!      ─▶ route (404) ─▶ HTTPS redirect (308) ─▶ action:
+//!           redirect | direct response | forward:
+//!              pick backend (weights) ─▶ pick endpoint (balancer, health)
+//!              ─▶ rewrite + headers ─▶ send (timeouts) ─▶ retry within budget
+//!              ─▶ response headers ─▶ (upgrade: splice both ways)
+//!      ─▶ metrics
+//! ```
+//!
+//! The table is loaded once per request ([`arc_swap::ArcSwap::load_full`]),
+//! so a request finishes on the snapshot it started with even if a new one
+//! is swapped in meanwhile. Every failure is a [`ProxyError`] turned into a
+//! response in one place ([`handle`]).
+
+use crate::device;
+use crate::error::ProxyError;
+use crate::router::RequestView;
+use crate::table::{ClusterRuntime, RouteRuntime, Table};
+use crate::upstream::UpstreamBody;
+use crate::Shared;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body as _, Incoming};
+use snapshot::model::{Action, DirectResponse, Forward, HeaderChanges, PathRewrite, Redirect, Route};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Body of responses to clients: an upstream's body streamed through
+/// (trailers included), or one built here.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Bodies up to this size are buffered so that the request can be retried.
+const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+/// What the dataplane knows about a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address the connection arrived on.
+    pub local: Option<SocketAddr>,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The TLS server name the client asked for.
+    pub sni: Option<Arc<str>>,
+}
+
+fn full(bytes: Bytes) -> Body {
+    Either::Right(Full::new(bytes))
+}
+
+/// Serves one request. Never fails: errors become responses here.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let table = shared.table.load_full();
+    let request_id = request_id(req.headers());
+    let mut labels: Option<(Arc<str>, Arc<str>)> = None;
+    let result = serve(req, &conn, &shared, &table, &request_id, &mut labels).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            if matches!(error.blame(), crate::error::Blame::Upstream) {
+                tracing::debug!(%error, request_id = %request_id, "upstream error");
+            }
+            error.to_response(&request_id).map(full)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    table.count_request(labels.as_ref(), response.status());
+    Ok(response)
+}
+
+async fn serve(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Shared,
+    table: &Table,
+    request_id: &str,
+    labels: &mut Option<(Arc<str>, Arc<str>)>,
+) -> Result<Response<Body>, ProxyError> {
+    let host = request_host(&req).ok_or(ProxyError::BadRequest("missing or invalid host"))?;
+    if conn.tls {
+        if let Some(sni) = conn.sni.as_deref() {
+            if !table.same_certificate(sni, &host) {
+                return Err(ProxyError::Misdirected);
+            }
+        }
+    }
+    let device = device::classify(
+        req.headers()
+            .get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes),
+        req.headers()
+            .get("sec-ch-ua-mobile")
+            .map(HeaderValue::as_bytes),
+    );
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let view = RequestView {
+        host: &host,
+        path: &path,
+        query: query.as_deref(),
+        method: req.method(),
+        headers: req.headers(),
+        device,
+    };
+    let found = match table.router.find(&view) {
+        crate::router::Match::Found(found) => found,
+        _ => return Err(ProxyError::NoRoute),
+    };
+    let route: &Route = found.entry.route();
+    let prefix_len = found.prefix_len;
+    let runtime = table.route_runtime(found.entry.global_index());
+    *labels = Some((runtime.route_label.clone(), runtime.rule_label.clone()));
+
+    if !conn.tls && route.https_redirect {
+        return Ok(https_redirect(&host, req.uri(), shared.config.https_redirect_port));
+    }
+
+    match &route.action {
+        Action::Redirect(redirect) => Ok(redirect_response(
+            redirect,
+            conn.tls,
+            &host,
+            &path,
+            query.as_deref(),
+            prefix_len,
+        )),
+        Action::DirectResponse(direct) => Ok(direct_response(direct, route)),
+        Action::Aggregate(_) => Err(ProxyError::BadRequest("aggregate routes are not served yet")),
+        Action::Forward(forward) => {
+            prepare_upstream_headers(&mut req, conn, shared, &host, request_id);
+            if let Some(changes) = &route.request_headers {
+                apply_header_changes(req.headers_mut(), changes);
+            }
+            let upstream_path = rewritten_path(route, &path, prefix_len);
+            if let Some(rewrite) = &route.url_rewrite {
+                if let Some(hostname) = &rewrite.hostname {
+                    if let Ok(value) = HeaderValue::from_str(hostname) {
+                        req.headers_mut().insert(header::HOST, value);
+                    }
+                }
+            }
+            let mut response = forward_request(
+                req,
+                forward,
+                runtime,
+                conn,
+                &upstream_path,
+                query.as_deref(),
+            )
+            .await?;
+            let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            strip_hop_by_hop(response.headers_mut(), upgraded);
+            if let Some(changes) = &route.response_headers {
+                apply_header_changes(response.headers_mut(), changes);
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// The client's `x-request-id` when it is sane, else a new random one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(value) = headers.get("x-request-id") {
+        if let Ok(text) = value.to_str() {
+            if !text.is_empty()
+                && text.len() <= 128
+                && text.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return text.to_owned();
+            }
+        }
+    }
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the
+/// `Host` header, lowercased, without port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(authority) => authority.host().to_owned(),
+        None => {
+            let value = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = value.parse().ok()?;
+            authority.host().to_owned()
+        }
+    };
+    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        None
+    } else {
+        Some(host)
+    }
+}
+
+fn https_redirect(host: &str, uri: &Uri, port: u16) -> Response<Body> {
+    let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let location = if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    };
+    redirect_to(StatusCode::PERMANENT_REDIRECT, &location)
+}
+
+fn redirect_to(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn redirect_response(
+    redirect: &Redirect,
+    tls: bool,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    prefix_len: usize,
+) -> Response<Body> {
+    let scheme = redirect
+        .scheme
+        .as_deref()
+        .unwrap_or(if tls { "https" } else { "http" });
+    let hostname = redirect.hostname.as_deref().unwrap_or(host);
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = match redirect.port {
+        Some(port) if port != default_port => format!(":{port}"),
+        _ => String::new(),
+    };
+    let new_path = match &redirect.path {
+        None => path.to_owned(),
+        Some(rewrite) => apply_path_rewrite(rewrite, path, prefix_len),
+    };
+    let mut location = format!("{scheme}://{hostname}{port}{new_path}");
+    if let Some(query) = query {
+        location.push('?');
+        location.push_str(query);
+    }
+    let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
+    redirect_to(status, &location)
+}
+
+fn direct_response(direct: &DirectResponse, route: &Route) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(direct.body.clone())));
+    *response.status_mut() = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+    if let Ok(value) = HeaderValue::from_str(&direct.content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    if let Some(changes) = &route.response_headers {
+        apply_header_changes(response.headers_mut(), changes);
+    }
+    response
+}
+
+fn apply_path_rewrite(rewrite: &PathRewrite, path: &str, prefix_len: usize) -> String {
+    match rewrite {
+        PathRewrite::ReplaceFull(full_path) => full_path.clone(),
+        PathRewrite::ReplacePrefix(replacement) => {
+            let rest = path.get(prefix_len..).unwrap_or("");
+            let base = replacement.trim_end_matches('/');
+            if rest.is_empty() {
+                if base.is_empty() {
+                    "/".to_owned()
+                } else {
+                    base.to_owned()
+                }
+            } else if rest.starts_with('/') {
+                format!("{base}{rest}")
+            } else {
+                format!("{base}/{rest}")
+            }
+        }
+    }
+}
+
+fn rewritten_path(route: &Route, path: &str, prefix_len: usize) -> String {
+    match route.url_rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+        Some(rewrite) => apply_path_rewrite(rewrite, path, prefix_len),
+        None => path.to_owned(),
+    }
+}
+
+/// Header changes: remove, then set, then add.
+pub(crate) fn apply_header_changes(headers: &mut HeaderMap, changes: &HeaderChanges) {
+    for name in &changes.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &changes.set {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    for (name, value) in &changes.add {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers (and those the `Connection` header names).
+/// For upgrades, `Connection: upgrade` and `Upgrade` are kept. `TE:
+/// trailers` is kept, as gRPC needs it end to end.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        .unwrap_or(false);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() <= http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// X-Forwarded-*, request id, hop-by-hop removal.
+fn prepare_upstream_headers(
+    req: &mut Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Shared,
+    host: &str,
+    request_id: &str,
+) {
+    let upgrade = is_upgrade(req);
+    let trusted = shared.config.trusts(conn.peer.ip());
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    let client_ip = conn.peer.ip();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) if trusted => format!("{existing}, {client_ip}"),
+        _ => client_ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if !(trusted && headers.contains_key("x-forwarded-host")) {
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert("x-forwarded-host", value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, value);
+        }
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn client_hash(req: &Request<UpstreamBody>, conn: &ConnInfo, key: &snapshot::model::HashKey) -> u64 {
+    use snapshot::model::HashKey;
+    match key {
+        HashKey::ClientIp => match conn.peer.ip() {
+            IpAddr::V4(v4) => crate::balance::stable_hash(&v4.octets()),
+            IpAddr::V6(v6) => crate::balance::stable_hash(&v6.octets()),
+        },
+        HashKey::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| crate::balance::stable_hash(v.as_bytes()))
+            .unwrap_or(0),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| crate::balance::stable_hash(v.as_bytes()))
+            })
+            .unwrap_or(0),
+    }
+}
+
+/// Sends the request to one of the route's clusters, retrying within the
+/// route's policy and the cluster's retry budget.
+async fn forward_request(
+    req: Request<Incoming>,
+    forward: &Forward,
+    runtime: &RouteRuntime,
+    conn: &ConnInfo,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ProxyError> {
+    let cluster = runtime.pick_backend().ok_or(ProxyError::BackendUnavailable)?;
+    let started = Instant::now();
+    let request_deadline = Duration::from_millis(forward.timeouts.request_ms);
+    let attempt_timeout = Duration::from_millis(forward.timeouts.backend_request_ms);
+    let upgrade = is_upgrade(&req);
+
+    let (mut parts, body) = req.into_parts();
+    let client_upgrade = if upgrade {
+        let mut probe = Request::from_parts(parts, ());
+        let on = hyper::upgrade::on(&mut probe);
+        parts = probe.into_parts().0;
+        Some(on)
+    } else {
+        None
+    };
+    // Buffer small bodies so that the request can be replayed.
+    let (replayable, mut streamed): (Option<Bytes>, Option<Incoming>) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if forward.retry.attempts > 0
+        && body.size_hint().exact().is_some_and(|n| n <= MAX_RETRY_BODY)
+    {
+        match body.collect().await {
+            Ok(collected) => (Some(collected.to_bytes()), None),
+            Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
+        }
+    } else {
+        (None, Some(body))
+    };
+    let may_retry_responses = idempotent(&parts.method) && replayable.is_some();
+    let mut last_error = ProxyError::NoHealthyEndpoint;
+    let mut tried: Option<usize> = None;
+    let mut retries_taken = Vec::new();
+    let attempts = forward.retry.attempts.min(10) + 1;
+    cluster.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(&cluster.requests_in_flight);
+
+    for attempt in 0..attempts {
+        let elapsed = started.elapsed();
+        if elapsed >= request_deadline {
+            last_error = ProxyError::UpstreamTimeout;
+            break;
+        }
+        if attempt > 0 {
+            match cluster.take_retry(forward.retry.budget_percent) {
+                Some(retry) => retries_taken.push(retry),
+                None => break,
+            }
+            let backoff = forward.retry.backoff_ms.saturating_mul(1 << (attempt - 1).min(6));
+            let jitter = rand::random::<u64>() % (backoff / 2 + 1);
+            tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
+        }
+        let body: UpstreamBody = match (&replayable, streamed.take()) {
+            (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
+            (None, Some(body)) => Either::Left(body),
+            (None, None) => break,
+        };
+        let mut upstream_req = Request::from_parts(parts.clone(), body);
+        let hash = match &cluster.config.load_balancer {
+            snapshot::model::LoadBalancerPolicy::ConsistentHash(key) => {
+                Some(client_hash(&upstream_req, conn, key))
+            }
+            _ => None,
+        };
+        let Some(endpoint) = cluster.pick(hash, tried) else {
+            last_error = ProxyError::NoHealthyEndpoint;
+            break;
+        };
+        tried = Some(endpoint);
+        *upstream_req.uri_mut() = cluster.uri(endpoint, path, query)?;
+        *upstream_req.version_mut() = http::Version::HTTP_11;
+        cluster.count_attempt();
+        let guard = cluster.begin(endpoint);
+        let remaining = request_deadline.saturating_sub(started.elapsed());
+        let timeout = attempt_timeout.min(remaining);
+        let outcome = tokio::time::timeout(timeout, cluster.client.request(upstream_req)).await;
+        match outcome {
+            Err(_) => {
+                guard.failure();
+                last_error = ProxyError::UpstreamTimeout;
+                // A timed-out request may have reached the upstream: retry only
+                // what is safe to repeat.
+                if !(may_retry_responses && forward.retry.on.contains(&crds::route::RetryOn::GatewayError)) {
+                    break;
+                }
+            }
+            Ok(Err(error)) => {
+                let connect = error.is_connect();
+                guard.failure();
+                if connect {
+                    last_error = ProxyError::UpstreamConnect(error.to_string());
+                    if replayable.is_none() {
+                        break;
+                    }
+                } else {
+                    last_error = ProxyError::Upstream(error.to_string());
+                    if !(may_retry_responses && forward.retry.on.contains(&crds::route::RetryOn::Reset)) {
+                        break;
+                    }
+                }
+            }
+            Ok(Ok(mut response)) => {
+                let status = response.status();
+                if status.is_server_error() {
+                    guard.failure();
+                } else {
+                    guard.success();
+                }
+                let retryable = may_retry_responses
+                    && attempt + 1 < attempts
+                    && retryable_status(status, &forward.retry.on);
+                if retryable {
+                    last_error = ProxyError::Upstream(format!("status {status}"));
+                    continue;
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = client_upgrade {
+                        let upstream_upgrade = hyper::upgrade::on(&mut response);
+                        tokio::spawn(splice(client_upgrade, upstream_upgrade));
+                    }
+                    return Ok(response.map(|_| full(Bytes::new())));
+                }
+                return Ok(response.map(Either::Left));
+            }
+        }
+    }
+    Err(last_error)
+}
+
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn retryable_status(status: StatusCode, on: &[crds::route::RetryOn]) -> bool {
+    use crds::route::RetryOn;
+    on.iter().any(|condition| match condition {
+        RetryOn::ServerError => status.is_server_error(),
+        RetryOn::GatewayError => matches!(status.as_u16(), 502..=504),
+        RetryOn::ConnectFailure | RetryOn::Reset => false,
+    })
+}
+
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        return;
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+impl ClusterRuntime {
+    fn uri(&self, endpoint: usize, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+        let authority = self
+            .authority(endpoint)
+            .ok_or(ProxyError::NoHealthyEndpoint)?;
+        let mut text = String::with_capacity(16 + authority.len() + path.len());
+        text.push_str(self.scheme());
+        text.push_str("://");
+        text.push_str(authority);
+        if let Some(prefix) = &self.config.path_prefix {
+            text.push_str(prefix.trim_end_matches('/'));
+        }
+        text.push_str(path);
+        if let Some(query) = query {
+            text.push('?');
+            text.push_str(query);
+        }
+        text.parse()
+            .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrite_keeps_the_rest_of_the_path() {
+        let rewrite = PathRewrite::ReplacePrefix("/v2".into());
+        assert_eq!(apply_path_rewrite(&rewrite, "/api/items", 4), "/v2/items");
+        assert_eq!(apply_path_rewrite(&rewrite, "/api", 4), "/v2");
+        let root = PathRewrite::ReplacePrefix("/".into());
+        assert_eq!(apply_path_rewrite(&root, "/api/items", 4), "/items");
+        assert_eq!(apply_path_rewrite(&root, "/api", 4), "/");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        assert!(!headers.contains_key("connection"));
+        assert!(!headers.contains_key("x-secret"));
+        assert!(!headers.contains_key("keep-alive"));
+        assert_eq!(headers["te"], "trailers");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_sane() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert("x-request-id", HeaderValue::from_static("has space"));
+        let generated = request_id(&headers);
+        assert_eq!(generated.len(), 32);
+        assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn header_changes_apply_remove_set_add() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("old"));
+        headers.insert("x-gone", HeaderValue::from_static("1"));
+        let changes = HeaderChanges {
+            set: vec![("x-a".into(), "new".into())],
+            add: vec![("x-b".into(), "1".into()), ("x-b".into(), "2".into())],
+            remove: vec!["x-gone".into()],
+        };
+        apply_header_changes(&mut headers, &changes);
+        assert_eq!(headers["x-a"], "new");
+        assert_eq!(headers.get_all("x-b").iter().count(), 2);
+        assert!(!headers.contains_key("x-gone"));
+    }
+}
