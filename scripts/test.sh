@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The test command: what CI runs (through .ci/run) and what the README tells
+# contributors to run.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -- --nocapture  # extra arguments go to `cargo test`
+#   scripts/test.sh --test apiserver_crds  # ... for example one test target
+#
+# Steps, each failing the run with a clear message:
+#   1. scripts/test-deps.sh: Debian packages, kubectl/helm, a kube-apiserver
+#      (built once, about 5 minutes, then cached in ~/.cache/ferrogate)
+#   2. cargo fmt --check
+#   3. cargo clippy -D warnings
+#   4. cargo build of every target
+#   5. cargo test, with the test tools on PATH and in FERROGATE_TOOLS_BIN
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step_started=0
+step() {
+  step_started=$(date +%s)
+  current_step="$1"
+  printf '\n==> %s\n' "$1" >&2
+}
+done_step() { printf '==> %s: ok (%ss)\n' "$current_step" "$(( $(date +%s) - step_started ))" >&2; }
+fail() {
+  printf '\ntest.sh: FAILED at step "%s": %s\n' "$current_step" "$1" >&2
+  exit 1
+}
+run_started=$(date +%s)
+
+step "test dependencies (scripts/test-deps.sh)"
+tools_out="$(bash "$root/scripts/test-deps.sh")" \
+  || fail "scripts/test-deps.sh failed (its log is above); fix that first, the tests need kube-apiserver, etcd and kubectl"
+tools_bin="$(printf '%s\n' "$tools_out" | tail -n1)"
+[ -d "$tools_bin" ] || fail "scripts/test-deps.sh printed '$tools_bin', which is not a directory"
+export FERROGATE_TOOLS_BIN="$tools_bin"
+export PATH="$tools_bin:$PATH"
+printf 'tools: %s\n' "$FERROGATE_TOOLS_BIN" >&2
+done_step
+
+command -v cargo >/dev/null 2>&1 || fail "cargo is not on PATH (install Rust with rustup)"
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check || fail "code is not formatted; run: cargo fmt --all"
+done_step
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || fail "clippy found problems (above)"
+done_step
+
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets || fail "the build failed (above)"
+done_step
+
+step "cargo test --workspace $*"
+cargo test --workspace "$@" || fail "tests failed (the failures are listed above)"
+done_step
+
+printf '\ntest.sh: all green in %ss\n' "$(( $(date +%s) - run_started ))" >&2
