@@ -6,8 +6,11 @@
 //! snapshots.
 #![warn(missing_docs)]
 
+pub mod certs;
+pub mod compile;
 pub mod model;
 pub mod resources;
 
+pub use compile::{compile, Compiled, ObjectKey, ResourceStatusReport};
 pub use model::Snapshot;
 pub use resources::Resources;
