@@ -12,7 +12,8 @@
 #   2. cargo fmt --check
 #   3. cargo clippy -D warnings
 #   4. cargo build of every target
-#   5. cargo test, with the test tools on PATH and in FERROGATE_TOOLS_BIN
+#   5. cargo test of every package, with the test tools on PATH and in
+#      FERROGATE_TOOLS_BIN
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,8 +56,9 @@ step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets || fail "the build failed (above)"
 done_step
 
-step "cargo test --workspace $*"
-cargo test --workspace "$@" || fail "tests failed (the failures are listed above)"
+# --no-fail-fast: one run shows every failing test binary, not just the first.
+step "cargo test --workspace --no-fail-fast $*"
+cargo test --workspace --no-fail-fast "$@" || fail "tests failed (the failures are listed above)"
 done_step
 
 printf '\ntest.sh: all green in %ss\n' "$(( $(date +%s) - run_started ))" >&2
