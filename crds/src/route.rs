@@ -453,9 +453,11 @@ pub struct Retry {
     pub attempts: u32,
     /// What counts as retryable: `ConnectFailure` (always on),
     /// `GatewayError` (502, 503, 504), `ServerError` (any 5xx), `Reset`.
+    /// (Named `retryOn`, not `on`: YAML 1.1 readers such as kubectl turn an
+    /// unquoted `on` key into `true`.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
-    pub on: Vec<RetryOn>,
+    pub retry_on: Vec<RetryOn>,
     /// Wait before the first retry; doubles each time, with jitter. Default
     /// 25ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,4 +1,283 @@
-//! dataplane
+//! Ferrogate's dataplane: the proxy that serves traffic from a routing
+//! snapshot.
+//!
+//! ```text
+//!            Snapshot ──▶ Table::build (off the request path: router,
+//!                           clusters, balancers, TLS resolver)
+//!                              │ one ArcSwap::store
+//!                              ▼
+//!  client ──▶ server (TCP, TLS by SNI, HTTP/1.1 + HTTP/2)
+//!                 ──▶ proxy::handle: one table load, then the phases
+//!                     (see `proxy`) ──▶ upstream pools ──▶ backends
+//! ```
+//!
+//! - [`Dataplane::apply`] builds a table from a snapshot and swaps it in;
+//!   a snapshot that does not build is refused and the last good table
+//!   stays.
+//! - Certificates rotate with the table: new handshakes use the new
+//!   resolver, established connections are untouched.
+//! - The admin listener serves `/healthz`, `/readyz`, `/config`,
+//!   `/metrics`.
+
+pub mod admin;
 pub mod balance;
 pub mod device;
+pub mod error;
 pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod table;
+pub mod tls;
+pub mod upstream;
+
+use arc_swap::ArcSwap;
+use metrics::Metrics;
+use server::ListenerLimits;
+use snapshot::Snapshot;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use table::{BuildError, Table};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use upstream::Clients;
+
+/// A network range, for trusted proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr.parse::<IpAddr>().ok()?, prefix.parse::<u8>().ok()?),
+            None => {
+                let addr = text.parse::<IpAddr>().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Dataplane settings.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Plain HTTP listener.
+    pub http_addr: Option<SocketAddr>,
+    /// HTTPS listener.
+    pub https_addr: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin_addr: Option<SocketAddr>,
+    /// Port used in HTTP -> HTTPS redirects (the public HTTPS port).
+    pub https_redirect_port: u16,
+    /// Peers whose `X-Forwarded-*` headers are trusted.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Connection and request limits.
+    pub limits: ListenerLimits,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            http_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            https_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            https_redirect_port: 443,
+            trusted_proxies: Vec::new(),
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// Whether `ip` is a trusted proxy.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|cidr| cidr.contains(ip))
+    }
+}
+
+/// State shared by all connections.
+pub struct Shared {
+    /// Settings.
+    pub config: DataplaneConfig,
+    /// The current table; requests `load` it once.
+    pub table: ArcSwap<Table>,
+    /// Certificates for new TLS handshakes.
+    pub tls: Arc<tls::SwappableResolver>,
+    /// Pooled upstream clients.
+    pub clients: Clients,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// A snapshot has been loaded.
+    pub ready: AtomicBool,
+    apply_lock: Mutex<()>,
+}
+
+/// Addresses the listeners are bound to.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BoundAddrs {
+    /// Plain HTTP.
+    pub http: Option<SocketAddr>,
+    /// HTTPS.
+    pub https: Option<SocketAddr>,
+    /// Admin.
+    pub admin: Option<SocketAddr>,
+}
+
+/// A running dataplane.
+#[derive(Clone)]
+pub struct Dataplane {
+    shared: Arc<Shared>,
+}
+
+impl Dataplane {
+    /// A dataplane with an empty table (every request gets 404 and
+    /// `/readyz` says not ready until the first [`apply`](Self::apply)).
+    pub fn new(config: DataplaneConfig) -> Result<Dataplane, BuildError> {
+        let metrics = Metrics::default();
+        let clients = Clients::default();
+        let table = Table::empty(&clients, &metrics)?;
+        let tls = Arc::new(tls::SwappableResolver::new(table.tls.clone()));
+        Ok(Dataplane {
+            shared: Arc::new(Shared {
+                config,
+                table: ArcSwap::from_pointee(table),
+                tls,
+                clients,
+                metrics,
+                ready: AtomicBool::new(false),
+                apply_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Builds a table from `snapshot` and swaps it in. On error nothing
+    /// changes.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), BuildError> {
+        let shared = &self.shared;
+        let _serialized = shared
+            .apply_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous = shared.table.load_full();
+        let version = snapshot.version;
+        let built = Table::build(
+            Arc::new(snapshot),
+            &shared.clients,
+            Some(&previous),
+            &shared.metrics,
+        );
+        match built {
+            Ok(table) => {
+                let resolver = table.tls.clone();
+                shared.table.store(Arc::new(table));
+                shared.tls.store(resolver);
+                shared.metrics.snapshot_version.set(version);
+                shared.metrics.snapshot_applied.inc();
+                shared.ready.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(error) => {
+                shared.metrics.snapshot_failures.inc();
+                Err(error)
+            }
+        }
+    }
+
+    /// The snapshot being served.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.shared.table.load().snapshot.clone()
+    }
+
+    /// Serves on `listeners` until `shutdown` turns true, then drains.
+    pub async fn serve(&self, listeners: Listeners, shutdown: watch::Receiver<bool>) {
+        let shared = self.shared.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = listeners.http {
+            tasks.spawn(server::serve(listener, false, shared.clone(), shutdown.clone()));
+        }
+        if let Some(listener) = listeners.https {
+            tasks.spawn(server::serve(listener, true, shared.clone(), shutdown.clone()));
+        }
+        if let Some(listener) = listeners.admin {
+            tasks.spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The bound listening sockets, before serving starts.
+pub struct Listeners {
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses configured in `config` (port 0 picks a free
+    /// port).
+    pub async fn bind(config: &DataplaneConfig) -> std::io::Result<Listeners> {
+        async fn one(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+            match addr {
+                Some(addr) => TcpListener::bind(addr).await.map(Some),
+                None => Ok(None),
+            }
+        }
+        Ok(Listeners {
+            http: one(config.http_addr).await?,
+            https: one(config.https_addr).await?,
+            admin: one(config.admin_addr).await?,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        BoundAddrs {
+            http: addr(&self.http),
+            https: addr(&self.https),
+            admin: addr(&self.admin),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cidr;
+
+    #[test]
+    fn cidrs_contain_their_addresses() {
+        let net = Cidr::parse("10.1.0.0/16").expect("cidr");
+        assert!(net.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!net.contains("10.2.0.1".parse().expect("ip")));
+        let any = Cidr::parse("0.0.0.0/0").expect("cidr");
+        assert!(any.contains("192.0.2.1".parse().expect("ip")));
+        let one = Cidr::parse("::1").expect("cidr");
+        assert!(one.contains("::1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("nonsense").is_none());
+    }
+}

@@ -372,14 +372,14 @@ impl fmt::Debug for SwappableResolver {
 
 impl SwappableResolver {
     /// Starts with `initial`.
-    pub fn new(initial: SniResolver) -> Self {
-        SwappableResolver(ArcSwap::from_pointee(initial))
+    pub fn new(initial: Arc<SniResolver>) -> Self {
+        SwappableResolver(ArcSwap::new(initial))
     }
 
     /// Publishes `resolver` for all handshakes that start from now on.
     /// Established connections are unaffected.
-    pub fn store(&self, resolver: SniResolver) {
-        self.0.store(Arc::new(resolver));
+    pub fn store(&self, resolver: Arc<SniResolver>) {
+        self.0.store(resolver);
     }
 
     /// The current resolver, e.g. for [`SniResolver::matches`].
@@ -735,12 +735,12 @@ mod tests {
 
     impl Server {
         fn accept(resolver: SniResolver) -> (Server, Arc<SwappableResolver>) {
-            let swappable = Arc::new(SwappableResolver::new(resolver));
+            let swappable = Arc::new(SwappableResolver::new(Arc::new(resolver)));
             (Server::Accept(swappable.clone()), swappable)
         }
 
         fn shared(resolver: SniResolver) -> (Server, Arc<SwappableResolver>) {
-            let swappable = Arc::new(SwappableResolver::new(resolver));
+            let swappable = Arc::new(SwappableResolver::new(Arc::new(resolver)));
             let acceptor = TlsAcceptor::from(server_config(swappable.clone()));
             (Server::Shared(acceptor), swappable)
         }
@@ -895,7 +895,7 @@ mod tests {
                 .await
                 .is_err());
 
-            swappable.store(SniResolver::build(std::slice::from_ref(&v2)).unwrap());
+            swappable.store(Arc::new(SniResolver::build(std::slice::from_ref(&v2)).unwrap()));
 
             // A new client gets the new certificate, for the old and new hosts.
             for sni in ["a.example.com", "b.example.com"] {
@@ -921,7 +921,7 @@ mod tests {
             );
 
             // Removing the host stops new handshakes for it, resumed or not.
-            swappable.store(SniResolver::build(&[]).unwrap());
+            swappable.store(Arc::new(SniResolver::build(&[]).unwrap()));
             for client in [client.clone(), ca.client().build()] {
                 assert!(server.handshake(client, "a.example.com").await.is_err());
             }
@@ -1128,7 +1128,7 @@ mod tests {
         let key_text = String::from_utf8(a.key_pem.clone()).unwrap();
         let key_line = key_text.lines().nth(1).unwrap();
         let resolver =
-            SwappableResolver::new(SniResolver::build(std::slice::from_ref(&a)).unwrap());
+            SwappableResolver::new(Arc::new(SniResolver::build(std::slice::from_ref(&a)).unwrap()));
         for debug in [format!("{a:?}"), format!("{resolver:?}")] {
             assert!(!debug.contains(key_line), "{debug}");
             assert!(debug.contains("a.example.com"), "{debug}");

@@ -1302,7 +1302,7 @@ impl RuleContext<'_, '_> {
                 "must be from 0 to 10",
             );
         }
-        let mut on = r.on.clone();
+        let mut on = r.retry_on.clone();
         on.push(RetryOn::ConnectFailure);
         on.sort();
         on.dedup();
