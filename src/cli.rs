@@ -17,11 +17,15 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crds,
+    /// Check manifest files with the real compiler; exit 1 on any rejected
+    /// resource or unreadable file.
+    Validate(crate::validate::ValidateArgs),
 }
 
 /// Runs one parsed command line; the return value is the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Validate(args) => crate::validate::run(&args),
         Command::Crds => match crds::definitions_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

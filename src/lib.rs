@@ -2,3 +2,5 @@
 //! workspace crates together.
 
 pub mod cli;
+pub mod manifests;
+pub mod validate;
