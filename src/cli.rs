@@ -20,12 +20,16 @@ pub enum Command {
     /// Check manifest files with the real compiler; exit 1 on any rejected
     /// resource or unreadable file.
     Validate(crate::validate::ValidateArgs),
+    /// Which route, rule, backends and policies a request would get, or
+    /// why nothing matches; exit 1 when nothing matches.
+    Explain(crate::explain::ExplainArgs),
 }
 
 /// Runs one parsed command line; the return value is the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate(args) => crate::validate::run(&args),
+        Command::Explain(args) => crate::explain::run(&args),
         Command::Crds => match crds::definitions_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -2,5 +2,6 @@
 //! workspace crates together.
 
 pub mod cli;
+pub mod explain;
 pub mod manifests;
 pub mod validate;
