@@ -15,6 +15,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Compile manifests from a folder and serve traffic with them, hot
+    /// reloading on change (no cluster needed).
+    Serve(crate::serve::ServeArgs),
     /// Print the CustomResourceDefinitions as multi-document YAML.
     Crds,
     /// Check manifest files with the real compiler; exit 1 on any rejected
@@ -28,6 +31,13 @@ pub enum Command {
 /// Runs one parsed command line; the return value is the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve(args) => match crate::serve::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Validate(args) => crate::validate::run(&args),
         Command::Explain(args) => crate::explain::run(&args),
         Command::Crds => match crds::definitions_yaml() {

@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod explain;
 pub mod manifests;
+pub mod serve;
 pub mod validate;
