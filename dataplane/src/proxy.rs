@@ -53,6 +53,16 @@ pub struct ConnInfo {
     pub sni: Option<Arc<str>>,
 }
 
+/// What the phases learn about a request, for later phases, metrics and
+/// the access log. Each phase fills in its part.
+#[derive(Debug, Default)]
+pub struct RequestInfo {
+    /// Route (`namespace/name`) and rule of the matched route.
+    pub labels: Option<(Arc<str>, Arc<str>)>,
+    /// The client's device class.
+    pub device: Option<crds::DeviceClass>,
+}
+
 fn full(bytes: Bytes) -> Body {
     Either::Right(Full::new(bytes))
 }
@@ -65,8 +75,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let table = shared.table.load_full();
     let request_id = request_id(req.headers());
-    let mut labels: Option<(Arc<str>, Arc<str>)> = None;
-    let result = serve(req, &conn, &shared, &table, &request_id, &mut labels).await;
+    let mut info = RequestInfo::default();
+    let result = serve(req, &conn, &shared, &table, &request_id, &mut info).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -79,7 +89,7 @@ pub async fn handle(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    table.count_request(labels.as_ref(), response.status());
+    table.count_request(info.labels.as_ref(), response.status());
     Ok(response)
 }
 
@@ -89,7 +99,7 @@ async fn serve(
     shared: &Shared,
     table: &Table,
     request_id: &str,
-    labels: &mut Option<(Arc<str>, Arc<str>)>,
+    info: &mut RequestInfo,
 ) -> Result<Response<Body>, ProxyError> {
     let host = request_host(&req).ok_or(ProxyError::BadRequest("missing or invalid host"))?;
     if conn.tls {
@@ -124,7 +134,8 @@ async fn serve(
     let route: &Route = found.entry.route();
     let prefix_len = found.prefix_len;
     let runtime = table.route_runtime(found.entry.global_index());
-    *labels = Some((runtime.route_label.clone(), runtime.rule_label.clone()));
+    info.labels = Some((runtime.route_label.clone(), runtime.rule_label.clone()));
+    info.device = Some(device);
 
     if !conn.tls && route.https_redirect {
         return Ok(https_redirect(&host, req.uri(), shared.config.https_redirect_port));
