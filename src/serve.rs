@@ -44,6 +44,19 @@ pub struct ServeArgs {
     /// runtime, as used by the benchmarks.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Time a client has to send a complete request head; also how long an
+    /// idle keep-alive connection is kept (e.g. `30s`, `500ms`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Connections served at once per listener.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crds::common::parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is not a duration like 30s, 500ms or 1m"))
 }
 
 fn parse_addr(flag: &str, text: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -107,7 +120,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_addr: admin,
         https_redirect_port: 443,
         trusted_proxies: trusted,
-        ..DataplaneConfig::default()
+        limits: dataplane::server::ListenerLimits {
+            header_read_timeout: args.header_read_timeout,
+            max_connections: args.max_connections,
+            ..Default::default()
+        },
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listeners = Listeners::bind(&config).await.context("binding listeners")?;
