@@ -34,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: String,
     /// Port named in HTTP -> HTTPS redirects; defaults to the HTTPS
-    /// listener's port, or 443 when that is 8443 behind a Service.
+    /// listener's port (set 443 when a load balancer maps 443 to it).
     #[arg(long)]
     pub https_redirect_port: Option<u16>,
     /// Peers whose X-Forwarded-* headers are trusted (CIDR; repeatable).
