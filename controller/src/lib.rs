@@ -1,1 +1,3 @@
 //! controller
+
+pub mod stream;
