@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod device;
 pub mod error;
 pub mod health;
@@ -30,6 +31,7 @@ pub mod router;
 pub mod server;
 pub mod table;
 pub mod tls;
+pub mod transform;
 pub mod upstream;
 
 use arc_swap::ArcSwap;

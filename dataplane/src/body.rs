@@ -1,0 +1,115 @@
+//! Response bodies the dataplane builds or buffers itself, and bounded
+//! reading of upstream bodies.
+//!
+//! Filters that need a whole body (JSON transform, cache store, aggregate
+//! parts) read it with [`read_limited`], which never holds more than the
+//! limit in memory. When a body turns out larger than the limit, the bytes
+//! already read and the unread rest are handed back as one
+//! [`LocalBody::Prefixed`] body, so the client still gets every byte,
+//! unchanged, without the gateway buffering it.
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A body built by the dataplane: whole bytes, or buffered bytes followed
+/// by the unread rest of an upstream body.
+#[derive(Debug)]
+pub enum LocalBody {
+    /// A complete body (taken on the first poll).
+    Full(Option<Bytes>),
+    /// Bytes already read from `rest`, then `rest` itself.
+    Prefixed {
+        /// Read, not yet sent.
+        prefix: Option<Bytes>,
+        /// The unread part of the upstream body.
+        rest: Incoming,
+    },
+}
+
+impl LocalBody {
+    /// A complete body.
+    pub fn full(bytes: Bytes) -> LocalBody {
+        LocalBody::Full(if bytes.is_empty() { None } else { Some(bytes) })
+    }
+}
+
+impl Body for LocalBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            LocalBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            LocalBody::Prefixed { prefix, rest } => {
+                if let Some(bytes) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Pin::new(rest).poll_frame(cx)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            LocalBody::Full(bytes) => bytes.is_none(),
+            LocalBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            LocalBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            LocalBody::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(extra));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(extra));
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// Why a body was not read whole.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The body is larger than the limit: here is all of it, unread part
+    /// included, to pass through.
+    TooLarge(LocalBody),
+    /// The upstream failed while sending the body; what was read is lost.
+    Failed(hyper::Error),
+}
+
+/// Reads `body` whole if it has at most `limit` bytes. Trailers are
+/// dropped (JSON and cacheable responses do not use them).
+pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ReadError::TooLarge(LocalBody::Prefixed { prefix: None, rest: body }));
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Failed)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                buf.extend_from_slice(&data);
+                return Err(ReadError::TooLarge(LocalBody::Prefixed {
+                    prefix: Some(buf.freeze()),
+                    rest: body,
+                }));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
