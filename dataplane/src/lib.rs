@@ -22,10 +22,12 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod client;
 pub mod device;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod persist;
 pub mod proxy;
 pub mod router;
 pub mod server;
