@@ -26,12 +26,43 @@ pub enum Command {
     /// Which route, rule, backends and policies a request would get, or
     /// why nothing matches; exit 1 when nothing matches.
     Explain(crate::explain::ExplainArgs),
+    /// Proxy traffic with routing snapshots streamed from a controller;
+    /// serves its persisted last good snapshot while the controller is
+    /// unreachable.
+    Dataplane(crate::dataplane_cmd::DataplaneArgs),
+    /// Create (or renew) the CA and the server and client certificates of
+    /// the controller -> dataplane snapshot stream, as Secrets or files.
+    Certgen(crate::certgen::CertgenArgs),
+    /// Run the example shop on loopback: the gateway on examples/, four
+    /// sample services, and the curl commands to try.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Runs one parsed command line; the return value is the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => match crate::serve::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo(args) => match crate::demo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Dataplane(args) => match crate::dataplane_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Certgen(args) => match crate::certgen::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");

@@ -1,7 +1,10 @@
 //! The `ferrogate` binary's library: one function per subcommand, wiring the
 //! workspace crates together.
 
+pub mod certgen;
 pub mod cli;
+pub mod dataplane_cmd;
+pub mod demo;
 pub mod explain;
 pub mod manifests;
 pub mod serve;
