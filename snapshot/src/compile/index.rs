@@ -141,12 +141,12 @@ impl<'a> Index<'a> {
             });
         };
         check_grant(&service.metadata, "Service", from_namespace, namespace, name)?;
-        let spec = service.spec.clone().unwrap_or_default();
-        let ports = spec.ports.clone().unwrap_or_default();
+        let spec = service.spec.as_ref();
+        let ports: &[k8s_openapi::api::core::v1::ServicePort] =
+            spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
         let external_name = spec
-            .external_name
-            .clone()
-            .filter(|_| spec.type_.as_deref() == Some("ExternalName"));
+            .filter(|s| s.type_.as_deref() == Some("ExternalName"))
+            .and_then(|s| s.external_name.as_ref());
         if let Some(host) = external_name {
             return Ok(ResolvedService {
                 endpoints: vec![Endpoint {
@@ -171,19 +171,19 @@ impl<'a> Index<'a> {
                 ),
             });
         };
-        let port_name = service_port.name.clone().unwrap_or_default();
+        let port_name = service_port.name.as_deref().unwrap_or("");
         let mut endpoints = match self.slices.get(&key) {
-            Some(slices) => endpoints_from_slices(slices, &port_name),
+            Some(slices) => endpoints_from_slices(slices, port_name),
             None => self
                 .endpoints
                 .get(&key)
-                .map(|e| endpoints_from_core(e, &port_name))
+                .map(|e| endpoints_from_core(e, port_name))
                 .unwrap_or_default(),
         };
         endpoints.sort();
         endpoints.dedup();
         let cluster_ip = spec
-            .cluster_ip
+            .and_then(|s| s.cluster_ip.clone())
             .filter(|ip| !ip.is_empty() && ip != "None");
         Ok(ResolvedService {
             endpoints,

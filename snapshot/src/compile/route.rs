@@ -346,8 +346,9 @@ impl RuleContext<'_, '_> {
                 .as_ref()
                 .is_none_or(|p| p.type_ == PathMatchType::PathPrefix)
         });
-        let filters = rule.filters.clone().unwrap_or_default();
-        let action = self.compile_action(&at, rule, &filters);
+        let no_filters = Filters::default();
+        let filters = rule.filters.as_ref().unwrap_or(&no_filters);
+        let action = self.compile_action(&at, rule, filters);
         let is_forward = matches!(action, Some(Action::Forward(_)));
         let proxies = rule.filters.as_ref().is_none_or(|f| {
             f.redirect.is_none() && f.direct_response.is_none()
@@ -1255,7 +1256,8 @@ impl RuleContext<'_, '_> {
     }
 
     fn timeouts(&mut self, at: &str, rule: &RouteRule) -> Timeouts {
-        let t = rule.timeouts.clone().unwrap_or_default();
+        let no_timeouts = crds::route::Timeouts::default();
+        let t = rule.timeouts.as_ref().unwrap_or(&no_timeouts);
         let request_ms = t
             .request
             .as_ref()

@@ -131,16 +131,33 @@ pub(crate) fn assemble(
                 .as_ref()
                 .map(|served| rank(route, &served.entries[e]))
         });
-        let mut seen: HashMap<String, EntryRef> = HashMap::with_capacity(list.len());
-        let mut kept = Vec::with_capacity(list.len());
+        // Small hosts compare matchers directly; large ones by a text key.
+        let mut seen: HashMap<String, EntryRef> = HashMap::new();
+        let mut kept: Vec<EntryRef> = Vec::with_capacity(list.len());
+        let small = list.len() <= 16;
         for (r, e) in list {
             let Some(served) = &routes[r].served else {
                 continue;
             };
             let entry = &served.entries[e];
-            let key = format!("{:?}", entry.route.matcher);
-            match seen.get(&key) {
-                Some(&(wr, we)) => {
+            let matcher_of = |(r, e): EntryRef| {
+                routes[r]
+                    .served
+                    .as_ref()
+                    .map(|s| &s.entries[e].route.matcher)
+            };
+            let (winner, key) = if small {
+                let w = kept
+                    .iter()
+                    .copied()
+                    .find(|&k| matcher_of(k) == Some(&entry.route.matcher));
+                (w, None)
+            } else {
+                let key = format!("{:?}", entry.route.matcher);
+                (seen.get(&key).copied(), Some(key))
+            };
+            match winner {
+                Some((wr, we)) => {
                     let winner = &routes[wr];
                     let wentry = routes[wr]
                         .served
@@ -163,7 +180,9 @@ pub(crate) fn assemble(
                     ));
                 }
                 None => {
-                    seen.insert(key, (r, e));
+                    if let Some(key) = key {
+                        seen.insert(key, (r, e));
+                    }
                     kept_count[r] += 1;
                     kept.push((r, e));
                 }
@@ -202,17 +221,19 @@ pub(crate) fn assemble(
             };
             let mut route: Route = served.entries[e].route.clone();
             route.https_redirect = covered && !served.allow_plain_http;
-            let rule_ref = (
-                compiled.meta.namespace.clone(),
-                compiled.meta.name.clone(),
-                route.id.rule.clone(),
-            );
-            route.auth = policies.rule_auth.get(&rule_ref).cloned();
-            route.rate_limits = policies
-                .rule_rate_limits
-                .get(&rule_ref)
-                .cloned()
-                .unwrap_or_default();
+            if !policies.rule_auth.is_empty() || !policies.rule_rate_limits.is_empty() {
+                let rule_ref = (
+                    compiled.meta.namespace.clone(),
+                    compiled.meta.name.clone(),
+                    route.id.rule.clone(),
+                );
+                route.auth = policies.rule_auth.get(&rule_ref).cloned();
+                route.rate_limits = policies
+                    .rule_rate_limits
+                    .get(&rule_ref)
+                    .cloned()
+                    .unwrap_or_default();
+            }
             match &route.action {
                 Action::Forward(f) => {
                     for b in &f.backends {

@@ -768,3 +768,10 @@ fn duplicate_objects_resolve_deterministically() {
 }
 
 use sha2::Digest;
+
+#[test]
+fn the_streamed_hash_is_the_model_content_hash() {
+    let c = run(&route("r", "2025-01-01T00:00:00Z", "a.example.com", &format!("  - {{{URL}}}")));
+    assert_eq!(c.snapshot.hash, c.snapshot.content_hash());
+    assert_eq!(c.snapshot.version, 0);
+}
