@@ -36,6 +36,9 @@ pub enum Command {
     /// Run the example shop on loopback: the gateway on examples/, four
     /// sample services, and the curl commands to try.
     Demo(crate::demo::DemoArgs),
+    /// Print the API reference (docs/reference.md) generated from the CRDs.
+    #[command(hide = true)]
+    Docs,
 }
 
 /// Runs one parsed command line; the return value is the process exit code.
@@ -69,6 +72,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Docs => {
+            print!("{}", crate::docs::reference());
+            ExitCode::SUCCESS
+        }
         Command::Validate(args) => crate::validate::run(&args),
         Command::Explain(args) => crate::explain::run(&args),
         Command::Crds => match crds::definitions_yaml() {

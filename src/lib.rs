@@ -5,6 +5,7 @@ pub mod certgen;
 pub mod cli;
 pub mod dataplane_cmd;
 pub mod demo;
+pub mod docs;
 pub mod explain;
 pub mod manifests;
 pub mod serve;
