@@ -698,3 +698,32 @@ pub fn wait_output(mut child: Child, timeout: Duration, what: &str) -> String {
     );
     text
 }
+
+/// A TLS connection to `addr` with SNI `server_name`, trusting only
+/// `ca_pem`, offering the ALPN protocols `alpn`; bounded to 5 s.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("add the CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| std::io::Error::other(format!("server name {server_name}: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
