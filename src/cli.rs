@@ -26,6 +26,9 @@ pub enum Command {
     /// Which route, rule, backends and policies a request would get, or
     /// why nothing matches; exit 1 when nothing matches.
     Explain(crate::explain::ExplainArgs),
+    /// Watch the cluster, compile, serve the snapshot stream to dataplanes
+    /// and (as the elected leader) write status and issued certificates.
+    Controller(crate::controller_cmd::ControllerArgs),
     /// Proxy traffic with routing snapshots streamed from a controller;
     /// serves its persisted last good snapshot while the controller is
     /// unreachable.
@@ -66,6 +69,13 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Certgen(args) => match crate::certgen::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Controller(args) => match crate::controller_cmd::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");

@@ -3,6 +3,7 @@
 
 pub mod certgen;
 pub mod cli;
+pub mod controller_cmd;
 pub mod dataplane_cmd;
 pub mod demo;
 pub mod docs;
