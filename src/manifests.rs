@@ -52,7 +52,13 @@ pub struct LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.document {
-            Some(d) => write!(f, "{}: document {}: {}", self.file.display(), d + 1, self.reason),
+            Some(d) => write!(
+                f,
+                "{}: document {}: {}",
+                self.file.display(),
+                d + 1,
+                self.reason
+            ),
             None => write!(f, "{}: {}", self.file.display(), self.reason),
         }
     }
@@ -238,7 +244,12 @@ impl Loader {
 
     fn load_list(&mut self, file: &Path, i: usize, value: &serde_yaml::Value) {
         let Some(items) = value.get("items").and_then(|v| v.as_sequence()) else {
-            self.error(file, Some(i), "a List needs an items array".to_owned(), true);
+            self.error(
+                file,
+                Some(i),
+                "a List needs an items array".to_owned(),
+                true,
+            );
             return;
         };
         for (k, item) in items.iter().enumerate() {
@@ -442,7 +453,11 @@ spec:
             "sub/b.json",
             r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": "shop", "generation": 4}}]}"#,
         );
-        write(dir.path(), "sub/c.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n");
+        write(
+            dir.path(),
+            "sub/c.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
+        );
         write(dir.path(), "notes.txt", "ignored");
         write(dir.path(), "broken.yml", "a: [1\n");
         let (r, errors) = load(&[dir.path().to_path_buf()]);
@@ -458,15 +473,25 @@ spec:
         assert!(r.api_routes.is_empty());
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 4, "{text:#?}");
-        assert!(text[0].contains("a.yaml: document 3: kind Deployment"), "{text:#?}");
-        assert!(!errors[0].fatal);
         assert!(
-            text[1].contains("a.yaml: document 4: ApiRoute: spec.rules[0].backends[0].port: invalid type")
-                && text[1].contains("line"),
+            text[0].contains("a.yaml: document 3: kind Deployment"),
             "{text:#?}"
         );
-        assert!(text[2].contains("broken.yml: document 1: not valid YAML"), "{text:#?}");
-        assert!(text[3].contains("c.yaml: document 1: default/Secret/s is defined again"), "{text:#?}");
+        assert!(!errors[0].fatal);
+        assert!(
+            text[1].contains(
+                "a.yaml: document 4: ApiRoute: spec.rules[0].backends[0].port: invalid type"
+            ) && text[1].contains("line"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].contains("broken.yml: document 1: not valid YAML"),
+            "{text:#?}"
+        );
+        assert!(
+            text[3].contains("c.yaml: document 1: default/Secret/s is defined again"),
+            "{text:#?}"
+        );
     }
 
     #[test]

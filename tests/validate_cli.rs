@@ -21,8 +21,16 @@ fn stdout(o: &Output) -> String {
 fn the_examples_are_valid() {
     let o = validate(&["examples/"]);
     let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.starts_with("OK: 4 Ferrogate resources, 4 accepted, 0 rejected"), "{out}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.starts_with("OK: 4 Ferrogate resources, 4 accepted, 0 rejected"),
+        "{out}"
+    );
 }
 
 /// A certificate whose key belongs to another certificate.
@@ -118,7 +126,13 @@ fn problems_are_reported_one_per_line_with_exit_1() {
     // The catalog route is rejected as a whole, so its missing backend is
     // not looked up; a missing Service on an accepted route is a warning.
     assert!(has("routes.yaml: document 3: kind Deployment (apps/v1) is not used by Ferrogate; skipped (warning)"), "{out}");
-    assert!(lines.last().unwrap().starts_with("FAILED: 3 Ferrogate resources, 1 accepted, 2 rejected"), "{out}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("FAILED: 3 Ferrogate resources, 1 accepted, 2 rejected"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -158,8 +172,12 @@ fn json_output_parses() {
         && p["name"] == "catalog"
         && p["field"] == "spec.rules[1].matches[0].path.value"
         && p["severity"] == "error"));
-    assert!(list.iter().any(|p| p["file"].as_str().is_some_and(|f| f.ends_with("broken.yaml"))
+    assert!(list.iter().any(|p| p["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("broken.yaml"))
         && p["document"] == 1
         && p["severity"] == "error"));
-    assert!(list.iter().any(|p| p["reason"] == "RefNotPermitted" && p["severity"] == "warning"));
+    assert!(list
+        .iter()
+        .any(|p| p["reason"] == "RefNotPermitted" && p["severity"] == "warning"));
 }

@@ -116,7 +116,9 @@ fn main() {
             times.push(start.elapsed());
             assert_eq!(compiled.snapshot.virtual_hosts.len(), n);
             assert!(compiled.statuses.values().all(|s| s.is_accepted()));
-            bytes = serde_json::to_vec(&compiled.snapshot).map(|v| v.len()).unwrap_or(0);
+            bytes = serde_json::to_vec(&compiled.snapshot)
+                .map(|v| v.len())
+                .unwrap_or(0);
         }
         times.sort();
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);

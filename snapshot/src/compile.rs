@@ -280,11 +280,7 @@ impl Compiled {
 /// `previous` is the last output (for falling back to accepted versions);
 /// `now_unix_secs` is the time certificates are checked against. See the
 /// module docs for the rules.
-pub fn compile(
-    resources: &Resources,
-    previous: Option<&Compiled>,
-    now_unix_secs: i64,
-) -> Compiled {
+pub fn compile(resources: &Resources, previous: Option<&Compiled>, now_unix_secs: i64) -> Compiled {
     let index = index::Index::new(resources);
     let previous_accepted = previous.map(|p| &p.accepted);
     let mut out = Output::default();
@@ -298,7 +294,8 @@ pub fn compile(
     );
 
     let routes = route::compile_routes(&resources.api_routes, &index, previous_accepted, &mut out);
-    let policies = policy::compile_policies(resources, &index, &routes, previous_accepted, &mut out);
+    let policies =
+        policy::compile_policies(resources, &index, &routes, previous_accepted, &mut out);
 
     let mut snapshot = Snapshot {
         certificates,
@@ -310,7 +307,9 @@ pub fn compile(
 
     for (key, status) in &out.statuses {
         if let Some(generation) = status.serving_generation {
-            snapshot.generations.insert(key.generation_key(), generation);
+            snapshot
+                .generations
+                .insert(key.generation_key(), generation);
         }
     }
     snapshot.hash = content_hash(&snapshot);

@@ -190,7 +190,10 @@ fn backend() -> impl Strategy<Value = Backend> {
         opt(any::<u16>()),
         opt(text()),
         opt(prop_oneof![any::<u32>(), 0u32..5]),
-        opt(prop_oneof![Just(BackendProtocol::Http1), Just(BackendProtocol::Http2)]),
+        opt(prop_oneof![
+            Just(BackendProtocol::Http1),
+            Just(BackendProtocol::Http2)
+        ]),
     )
         .prop_map(|(name, namespace, port, url, weight, protocol)| Backend {
             name,
@@ -233,61 +236,85 @@ fn route_match() -> impl Strategy<Value = RouteMatch> {
         proptest::collection::vec(prop_oneof![Just(Method::Get), Just(Method::Post)], 0..3),
         proptest::collection::vec(header_match(), 0..3),
         proptest::collection::vec(header_match(), 0..2),
-        proptest::collection::vec(prop_oneof![Just(DeviceClass::Mobile), Just(DeviceClass::Bot)], 0..3),
+        proptest::collection::vec(
+            prop_oneof![Just(DeviceClass::Mobile), Just(DeviceClass::Bot)],
+            0..3,
+        ),
     )
-        .prop_map(|(path, methods, headers, query_params, devices)| RouteMatch {
-            path,
-            methods,
-            headers,
-            query_params,
-            devices,
-        })
+        .prop_map(
+            |(path, methods, headers, query_params, devices)| RouteMatch {
+                path,
+                methods,
+                headers,
+                query_params,
+                devices,
+            },
+        )
 }
 
 fn filters() -> impl Strategy<Value = Filters> {
     (
-        opt((text(), text()).prop_map(|(name, value)| crds::route::HeaderChanges {
-            set: vec![HeaderValue { name, value }],
-            add: vec![],
-            remove: vec![],
-        })),
-        opt((opt(text()), opt((any::<bool>(), text()))).prop_map(|(hostname, path)| UrlRewrite {
-            hostname,
-            path: path.map(|(prefix, value)| crds::route::PathRewrite {
-                type_: if prefix {
-                    PathRewriteType::ReplacePrefixMatch
-                } else {
-                    PathRewriteType::ReplaceFullPath
-                },
-                value,
+        opt(
+            (text(), text()).prop_map(|(name, value)| crds::route::HeaderChanges {
+                set: vec![HeaderValue { name, value }],
+                add: vec![],
+                remove: vec![],
             }),
+        ),
+        opt(
+            (opt(text()), opt((any::<bool>(), text()))).prop_map(|(hostname, path)| UrlRewrite {
+                hostname,
+                path: path.map(|(prefix, value)| crds::route::PathRewrite {
+                    type_: if prefix {
+                        PathRewriteType::ReplacePrefixMatch
+                    } else {
+                        PathRewriteType::ReplaceFullPath
+                    },
+                    value,
+                }),
+            }),
+        ),
+        opt(
+            (opt(text()), opt(any::<u16>()), opt(any::<u16>())).prop_map(
+                |(scheme, port, status_code)| crds::route::Redirect {
+                    scheme,
+                    hostname: None,
+                    port,
+                    path: None,
+                    status_code,
+                },
+            ),
+        ),
+        opt(
+            (any::<u16>(), text()).prop_map(|(status, body)| crds::route::DirectResponse {
+                status,
+                body,
+                content_type: None,
+            }),
+        ),
+        opt(proptest::collection::vec(text(), 0..3).prop_map(|remove| {
+            crds::route::JsonTransform {
+                remove,
+                ..Default::default()
+            }
         })),
-        opt((opt(text()), opt(any::<u16>()), opt(any::<u16>())).prop_map(
-            |(scheme, port, status_code)| crds::route::Redirect {
-                scheme,
-                hostname: None,
-                port,
-                path: None,
-                status_code,
-            },
-        )),
-        opt((any::<u16>(), text()).prop_map(|(status, body)| crds::route::DirectResponse {
-            status,
-            body,
-            content_type: None,
-        })),
-        opt(proptest::collection::vec(text(), 0..3).prop_map(|remove| crds::route::JsonTransform {
-            remove,
-            ..Default::default()
-        })),
-        opt((opt(text()), opt(any::<u32>())).prop_map(|(default_ttl, max_entry_bytes)| Cache {
-            default_ttl,
-            max_entry_bytes,
-            ..Default::default()
-        })),
+        opt(
+            (opt(text()), opt(any::<u32>())).prop_map(|(default_ttl, max_entry_bytes)| Cache {
+                default_ttl,
+                max_entry_bytes,
+                ..Default::default()
+            }),
+        ),
     )
         .prop_map(
-            |(request_headers, url_rewrite, redirect, direct_response, response_transform, cache)| {
+            |(
+                request_headers,
+                url_rewrite,
+                redirect,
+                direct_response,
+                response_transform,
+                cache,
+            )| {
                 Filters {
                     request_headers,
                     response_headers: None,
@@ -307,37 +334,41 @@ fn rule() -> impl Strategy<Value = RouteRule> {
         proptest::collection::vec(route_match(), 0..3),
         proptest::collection::vec(backend(), 0..3),
         opt(filters()),
-        opt((opt(text()), opt(text()), opt(text())).prop_map(|(request, backend_request, connect)| {
-            Timeouts {
+        opt((opt(text()), opt(text()), opt(text())).prop_map(
+            |(request, backend_request, connect)| Timeouts {
                 request,
                 backend_request,
                 connect,
-            }
-        })),
-        opt((0u32..20, opt(text()), opt(0u32..200)).prop_map(|(attempts, backoff, budget_percent)| {
-            Retry {
+            },
+        )),
+        opt((0u32..20, opt(text()), opt(0u32..200)).prop_map(
+            |(attempts, backoff, budget_percent)| Retry {
                 attempts,
                 retry_on: vec![RetryOn::GatewayError],
                 backoff,
                 budget_percent,
-            }
-        })),
-        opt((any::<bool>(), opt(text())).prop_map(|(hash, header)| LoadBalancer {
-            type_: if hash {
-                LoadBalancerType::ConsistentHash
-            } else {
-                LoadBalancerType::LeastRequest
             },
-            hash_on: header.map(|h| HashOn {
-                header: Some(h),
-                ..Default::default()
+        )),
+        opt(
+            (any::<bool>(), opt(text())).prop_map(|(hash, header)| LoadBalancer {
+                type_: if hash {
+                    LoadBalancerType::ConsistentHash
+                } else {
+                    LoadBalancerType::LeastRequest
+                },
+                hash_on: header.map(|h| HashOn {
+                    header: Some(h),
+                    ..Default::default()
+                }),
             }),
-        })),
-        opt((opt(0u32..2000), opt(text()), opt(0u32..200)).prop_map(|(c, t, m)| OutlierDetection {
-            consecutive_failures: c,
-            base_ejection_time: t,
-            max_ejection_percent: m,
-        })),
+        ),
+        opt(
+            (opt(0u32..2000), opt(text()), opt(0u32..200)).prop_map(|(c, t, m)| OutlierDetection {
+                consecutive_failures: c,
+                base_ejection_time: t,
+                max_ejection_percent: m,
+            }),
+        ),
         opt(proptest::collection::vec(
             (text(), backend(), text(), opt(text())).prop_map(|(name, backend, path, timeout)| {
                 AggregatePart {
@@ -356,7 +387,17 @@ fn rule() -> impl Strategy<Value = RouteRule> {
         })),
     )
         .prop_map(
-            |(name, matches, backends, filters, timeouts, retry, load_balancer, outlier_detection, aggregate)| {
+            |(
+                name,
+                matches,
+                backends,
+                filters,
+                timeouts,
+                retry,
+                load_balancer,
+                outlier_detection,
+                aggregate,
+            )| {
                 RouteRule {
                     name,
                     matches,
@@ -381,15 +422,17 @@ fn api_route() -> impl Strategy<Value = ApiRoute> {
         any::<bool>(),
         proptest::collection::vec(rule(), 0..4),
     )
-        .prop_map(|(ns, name, created, hosts, allow_plain_http, rules)| ApiRoute {
-            metadata: meta(&ns, &name, created),
-            spec: ApiRouteSpec {
-                hosts,
-                allow_plain_http,
-                rules,
+        .prop_map(
+            |(ns, name, created, hosts, allow_plain_http, rules)| ApiRoute {
+                metadata: meta(&ns, &name, created),
+                spec: ApiRouteSpec {
+                    hosts,
+                    allow_plain_http,
+                    rules,
+                },
+                status: None,
             },
-            status: None,
-        })
+        )
 }
 
 fn target() -> impl Strategy<Value = TargetRef> {
@@ -410,16 +453,28 @@ fn secret_ref() -> impl Strategy<Value = SecretKeyRef> {
 
 fn auth_policy() -> impl Strategy<Value = AuthPolicy> {
     let method = (
-        opt((text(), proptest::collection::vec(prop_oneof![Just(JwtAlgorithm::RS256), Just(JwtAlgorithm::HS256)], 0..2), opt(text()), opt(text()), opt(secret_ref()), opt(text()))
-            .prop_map(|(issuer, algorithms, jwks_uri, jwks, hmac_secret_ref, clock_skew)| JwtProvider {
-                issuer,
-                algorithms,
-                jwks_uri,
-                jwks,
-                hmac_secret_ref,
-                clock_skew,
-                ..Default::default()
-            })),
+        opt((
+            text(),
+            proptest::collection::vec(
+                prop_oneof![Just(JwtAlgorithm::RS256), Just(JwtAlgorithm::HS256)],
+                0..2,
+            ),
+            opt(text()),
+            opt(text()),
+            opt(secret_ref()),
+            opt(text()),
+        )
+            .prop_map(
+                |(issuer, algorithms, jwks_uri, jwks, hmac_secret_ref, clock_skew)| JwtProvider {
+                    issuer,
+                    algorithms,
+                    jwks_uri,
+                    jwks,
+                    hmac_secret_ref,
+                    clock_skew,
+                    ..Default::default()
+                },
+            )),
         opt(text().prop_map(|v| ApiKeyAuth {
             secret_selector: BTreeMap::from([("app".to_owned(), v)]),
             key_from: None,
@@ -428,15 +483,17 @@ fn auth_policy() -> impl Strategy<Value = AuthPolicy> {
             secret_ref,
             realm: None,
         })),
-        opt((opt(text()), opt((text(), any::<u16>()))).prop_map(|(url, service)| ForwardAuth {
-            url,
-            service: service.map(|(name, port)| ForwardAuthService {
-                name,
-                port,
-                path: None,
+        opt(
+            (opt(text()), opt((text(), any::<u16>()))).prop_map(|(url, service)| ForwardAuth {
+                url,
+                service: service.map(|(name, port)| ForwardAuthService {
+                    name,
+                    port,
+                    path: None,
+                }),
+                ..Default::default()
             }),
-            ..Default::default()
-        })),
+        ),
     )
         .prop_map(|(jwt, api_key, basic, forward)| AuthMethod {
             jwt,
@@ -450,13 +507,15 @@ fn auth_policy() -> impl Strategy<Value = AuthPolicy> {
         proptest::collection::vec(target(), 0..3),
         opt(proptest::collection::vec(method, 0..3)),
         opt(proptest::collection::vec(
-            (proptest::collection::vec(text(), 0..2), proptest::collection::vec(text(), 0..2)).prop_map(
-                |(paths, client_cidrs)| AuthorizationRule {
+            (
+                proptest::collection::vec(text(), 0..2),
+                proptest::collection::vec(text(), 0..2),
+            )
+                .prop_map(|(paths, client_cidrs)| AuthorizationRule {
                     paths,
                     client_cidrs,
                     ..Default::default()
-                },
-            ),
+                }),
             0..3,
         )),
     )
@@ -481,16 +540,18 @@ fn rate_limit_policy() -> impl Strategy<Value = RateLimitPolicy> {
         proptest::collection::vec(target(), 0..3),
         any::<bool>(),
         proptest::collection::vec(
-            (text(), any::<u32>(), text(), opt(text())).prop_map(|(name, requests, period, header)| Limit {
-                name,
-                requests,
-                period,
-                key: vec![KeyPart {
-                    source: KeySource::Header,
-                    name: header,
-                }],
-                ..Default::default()
-            }),
+            (text(), any::<u32>(), text(), opt(text())).prop_map(
+                |(name, requests, period, header)| Limit {
+                    name,
+                    requests,
+                    period,
+                    key: vec![KeyPart {
+                        source: KeySource::Header,
+                        name: header,
+                    }],
+                    ..Default::default()
+                },
+            ),
             0..3,
         ),
     )
@@ -535,7 +596,10 @@ fn tls_certificate() -> impl Strategy<Value = (TlsCertificate, Secret)> {
                 data: Some(BTreeMap::from([
                     ("tls.crt".to_owned(), ByteString(bytes.clone())),
                     ("tls.key".to_owned(), ByteString(bytes)),
-                    ("htpasswd".to_owned(), ByteString(b"u:$apr1$x\nv:$2y$05$y\n".to_vec())),
+                    (
+                        "htpasswd".to_owned(),
+                        ByteString(b"u:$apr1$x\nv:$2y$05$y\n".to_vec()),
+                    ),
                 ])),
                 ..Secret::default()
             };
@@ -572,7 +636,8 @@ fn arbitrary_resources_never_panic() {
     let worker = std::thread::Builder::new()
         .stack_size(256 << 20)
         .spawn(|| {
-            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+            let mut runner =
+                proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
             runner
                 .run(&resources(), |r| {
                     let first = snapshot::compile(&r, None, NOW);

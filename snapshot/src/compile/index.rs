@@ -140,7 +140,13 @@ impl<'a> Index<'a> {
                 message: format!("Service {namespace}/{name} not found"),
             });
         };
-        check_grant(&service.metadata, "Service", from_namespace, namespace, name)?;
+        check_grant(
+            &service.metadata,
+            "Service",
+            from_namespace,
+            namespace,
+            name,
+        )?;
         let spec = service.spec.as_ref();
         let ports: &[k8s_openapi::api::core::v1::ServicePort] =
             spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);

@@ -104,11 +104,10 @@ pub(crate) fn check_header_value(value: &str) -> Result<(), String> {
             super::MAX_HEADER_VALUE_LEN
         ));
     }
-    if value
-        .bytes()
-        .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
-        return Err("a header value must not contain control characters (CR, LF, NUL...)".to_owned());
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(
+            "a header value must not contain control characters (CR, LF, NUL...)".to_owned(),
+        );
     }
     Ok(())
 }
@@ -224,9 +223,7 @@ pub(crate) fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
     } else if lower_prefix.starts_with("http://") {
         (Scheme::Http, &text[7..])
     } else {
-        return Err(format!(
-            "{text:?} is not an http:// or https:// URL"
-        ));
+        return Err(format!("{text:?} is not an http:// or https:// URL"));
     };
     if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("{text:?} must not contain {c:?}"));
@@ -277,7 +274,11 @@ pub(crate) fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
         None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
-            _ => return Err(format!("{text:?}: port {p:?} is not a number from 1 to 65535")),
+            _ => {
+                return Err(format!(
+                    "{text:?}: port {p:?} is not a number from 1 to 65535"
+                ))
+            }
         },
     };
     let path = path.trim_end_matches('/').to_owned();

@@ -214,8 +214,8 @@ pub(crate) fn compile_policies(
         status.serving_generation = serving_generation;
         status.fallback_generation = fallback_generation;
         status.not_accepted = not_accepted;
-        status.invalid_note = (fallback_generation.is_none())
-            .then(|| "its limits are not applied".to_owned());
+        status.invalid_note =
+            (fallback_generation.is_none()).then(|| "its limits are not applied".to_owned());
         out.statuses.insert(key, status.into_report());
     }
     for list in policies.rule_rate_limits.values_mut() {
@@ -231,10 +231,7 @@ fn expand(
     route_rules: &HashMap<(String, String), Vec<String>>,
 ) -> Vec<(RuleRef, u8)> {
     match target {
-        Target::Rule(route, rule) => vec![(
-            (namespace.to_owned(), route.clone(), rule.clone()),
-            0,
-        )],
+        Target::Rule(route, rule) => vec![((namespace.to_owned(), route.clone(), rule.clone()), 0)],
         Target::Route(route) => route_rules
             .get(&(namespace.to_owned(), route.clone()))
             .map(|rules| {
@@ -439,8 +436,11 @@ impl AuthContext<'_, '_> {
 
     fn header_list(&mut self, field: &str, list: &[String]) -> Vec<String> {
         if list.len() > 32 {
-            self.f
-                .invalid(field, "Invalid", format!("{} headers; at most 32", list.len()));
+            self.f.invalid(
+                field,
+                "Invalid",
+                format!("{} headers; at most 32", list.len()),
+            );
         }
         let mut out: Vec<String> = list
             .iter()
@@ -481,7 +481,10 @@ impl AuthContext<'_, '_> {
             .and_then(|h| self.header_name(&format!("{field}.header"), h));
         for (value, name) in [(&s.query, "query"), (&s.cookie, "cookie")] {
             if let Some(v) = value {
-                if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                if v.is_empty()
+                    || v.len() > 256
+                    || v.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
                     self.f.invalid(
                         format!("{field}.{name}"),
                         "Invalid",
@@ -514,10 +517,14 @@ impl AuthContext<'_, '_> {
             return self.jwt(&format!("{at}.jwt"), j).map(AuthMethodConfig::Jwt);
         }
         if let Some(k) = &m.api_key {
-            return Some(AuthMethodConfig::ApiKey(self.api_key(&format!("{at}.apiKey"), k)));
+            return Some(AuthMethodConfig::ApiKey(
+                self.api_key(&format!("{at}.apiKey"), k),
+            ));
         }
         if let Some(b) = &m.basic {
-            return Some(AuthMethodConfig::Basic(self.basic(&format!("{at}.basic"), b)));
+            return Some(AuthMethodConfig::Basic(
+                self.basic(&format!("{at}.basic"), b),
+            ));
         }
         m.forward
             .as_ref()
@@ -697,7 +704,11 @@ impl AuthContext<'_, '_> {
                 });
             }
         }
-        let claim = |c: &Option<String>, d: &str| c.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| d.to_owned());
+        let claim = |c: &Option<String>, d: &str| {
+            c.clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| d.to_owned())
+        };
         if self.f.invalid.len() > before {
             return None;
         }
@@ -731,11 +742,13 @@ impl AuthContext<'_, '_> {
         if k.secret_selector.is_empty() {
             return ApiKeyConfig { key_from, keys };
         }
-        for (name, secret) in self.index.secrets_matching(self.namespace, &k.secret_selector) {
+        for (name, secret) in self
+            .index
+            .secrets_matching(self.namespace, &k.secret_selector)
+        {
             let what = format!("Secret {}/{name}", self.namespace);
-            let text = |key: &str| {
-                secret_value(secret, key).and_then(|v| String::from_utf8(v).ok())
-            };
+            let text =
+                |key: &str| secret_value(secret, key).and_then(|v| String::from_utf8(v).ok());
             let Some(raw) = secret_value(secret, "api-key") else {
                 self.f.unresolved(
                     format!("{at}.secretSelector"),
@@ -753,7 +766,10 @@ impl AuthContext<'_, '_> {
                 );
                 continue;
             }
-            let Some(consumer) = text("consumer").map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()) else {
+            let Some(consumer) = text("consumer")
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+            else {
                 self.f.unresolved(
                     format!("{at}.secretSelector"),
                     "InvalidSecret",
@@ -766,7 +782,10 @@ impl AuthContext<'_, '_> {
                 self.f.unresolved(
                     format!("{at}.secretSelector"),
                     "InvalidSecret",
-                    format!("{what} holds the same api-key as Secret {}/{first}; it is ignored", self.namespace),
+                    format!(
+                        "{what} holds the same api-key as Secret {}/{first}; it is ignored",
+                        self.namespace
+                    ),
                 );
                 continue;
             }
@@ -810,7 +829,11 @@ impl AuthContext<'_, '_> {
             return BasicConfig { realm, users };
         };
         let Ok(text) = String::from_utf8(bytes) else {
-            self.f.unresolved(&field, "InvalidSecret", "the htpasswd file is not UTF-8 text");
+            self.f.unresolved(
+                &field,
+                "InvalidSecret",
+                "the htpasswd file is not UTF-8 text",
+            );
             return BasicConfig { realm, users };
         };
         for (n, line) in text.lines().enumerate() {
@@ -839,7 +862,9 @@ impl AuthContext<'_, '_> {
                 self.f.unresolved(
                     &field,
                     "UnsupportedHash",
-                    format!("htpasswd user {user:?} (line {lineno}): {why}; the user cannot log in"),
+                    format!(
+                        "htpasswd user {user:?} (line {lineno}): {why}; the user cannot log in"
+                    ),
                 );
                 continue;
             }
@@ -865,7 +890,11 @@ impl AuthContext<'_, '_> {
                 None
             }
             (Some(url), None) => match names::parse_http_url(url) {
-                Ok(u) => Some(format!("{}{}", u.origin(), if u.path.is_empty() { "/" } else { &u.path })),
+                Ok(u) => Some(format!(
+                    "{}{}",
+                    u.origin(),
+                    if u.path.is_empty() { "/" } else { &u.path }
+                )),
                 Err(e) => {
                     self.f.invalid(format!("{at}.url"), "Invalid", e);
                     None
@@ -889,7 +918,14 @@ impl AuthContext<'_, '_> {
                         .service_port(self.namespace, self.namespace, &s.name, s.port)
                     {
                         Err(e) => {
-                            self.f.unresolved(format!("{at}.service"), e.reason, format!("{}; the policy refuses every request until it resolves", e.message));
+                            self.f.unresolved(
+                                format!("{at}.service"),
+                                e.reason,
+                                format!(
+                                    "{}; the policy refuses every request until it resolves",
+                                    e.message
+                                ),
+                            );
                             self.fail_closed = true;
                             None
                         }
@@ -936,8 +972,11 @@ impl AuthContext<'_, '_> {
         let at = format!("spec.authorization.rules[{i}]");
         let name = r.name.clone().unwrap_or_else(|| format!("rule-{i}"));
         if name.is_empty() || name.len() > 63 {
-            self.f
-                .invalid(format!("{at}.name"), "Invalid", "must have 1 to 63 characters");
+            self.f.invalid(
+                format!("{at}.name"),
+                "Invalid",
+                "must have 1 to 63 characters",
+            );
         }
         let mut claims = Vec::new();
         for (k, c) in r.claims.iter().enumerate().take(16) {
@@ -1111,7 +1150,11 @@ fn compile_rate_limit(policy: &RateLimitPolicy) -> (Findings, Option<RateLimitCo
                         }
                     },
                     None => {
-                        f.invalid(format!("{field}.name"), "Invalid", "required with source Header");
+                        f.invalid(
+                            format!("{field}.name"),
+                            "Invalid",
+                            "required with source Header",
+                        );
                         None
                     }
                 },

@@ -63,7 +63,8 @@ impl Findings {
         reason: &str,
         message: impl Into<String>,
     ) {
-        self.invalid.push(problem(field, reason, message, Severity::Error));
+        self.invalid
+            .push(problem(field, reason, message, Severity::Error));
     }
 
     pub(crate) fn unresolved(
@@ -72,7 +73,8 @@ impl Findings {
         reason: &str,
         message: impl Into<String>,
     ) {
-        self.refs.push(problem(field, reason, message, Severity::Warning));
+        self.refs
+            .push(problem(field, reason, message, Severity::Warning));
     }
 
     pub(crate) fn conflict(&mut self, field: impl Into<String>, message: impl Into<String>) {
@@ -184,9 +186,19 @@ impl StatusInput {
         match findings.refs.first() {
             Some(first) => {
                 let reason = first.reason.clone();
-                conditions.push(condition("ResolvedRefs", false, &reason, join(&findings.refs)));
+                conditions.push(condition(
+                    "ResolvedRefs",
+                    false,
+                    &reason,
+                    join(&findings.refs),
+                ));
             }
-            None => conditions.push(condition("ResolvedRefs", true, "ResolvedRefs", String::new())),
+            None => conditions.push(condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                String::new(),
+            )),
         }
         if !findings.conflicts.is_empty() {
             let message = join(&findings.conflicts);

@@ -19,13 +19,13 @@ use super::{
 };
 use crate::model::{
     Action, Aggregate, AggregatePart, CachePolicy, Cluster, DirectResponse, Endpoint, Forward,
-    HashKey, HeaderChanges, JsonTransform, LoadBalancerPolicy, Matcher, OutlierPolicy,
-    PathMatcher, PathRewrite, Redirect, RetryPolicy, Route, RouteId, Timeouts, UpstreamProtocol,
-    UpstreamTls, UrlRewrite, ValueMatch, ValueMatcher, WeightedCluster,
+    HashKey, HeaderChanges, JsonTransform, LoadBalancerPolicy, Matcher, OutlierPolicy, PathMatcher,
+    PathRewrite, Redirect, RetryPolicy, Route, RouteId, Timeouts, UpstreamProtocol, UpstreamTls,
+    UrlRewrite, ValueMatch, ValueMatcher, WeightedCluster,
 };
 use crds::route::{
-    Backend, BackendProtocol, Filters, LoadBalancerType, PathMatchType, PathRewriteType,
-    RetryOn, RouteMatch, RouteRule, ValueMatchType,
+    Backend, BackendProtocol, Filters, LoadBalancerType, PathMatchType, PathRewriteType, RetryOn,
+    RouteMatch, RouteRule, ValueMatchType,
 };
 use crds::ApiRoute;
 use sha2::{Digest, Sha256};
@@ -165,10 +165,7 @@ fn compile_route(
         f.invalid(
             "spec.hosts",
             "Invalid",
-            format!(
-                "{} hosts; at most {MAX_HOSTS_PER_ROUTE}",
-                spec.hosts.len()
-            ),
+            format!("{} hosts; at most {MAX_HOSTS_PER_ROUTE}", spec.hosts.len()),
         );
     }
     for (i, host) in spec.hosts.iter().enumerate().take(MAX_HOSTS_PER_ROUTE) {
@@ -197,9 +194,7 @@ fn compile_route(
         f.invalid(
             "spec.rules",
             "Invalid",
-            format!(
-                "{total_matches} matches in all rules; at most {MAX_MATCHES_PER_ROUTE}"
-            ),
+            format!("{total_matches} matches in all rules; at most {MAX_MATCHES_PER_ROUTE}"),
         );
         return (f, None);
     }
@@ -350,9 +345,10 @@ impl RuleContext<'_, '_> {
         let filters = rule.filters.as_ref().unwrap_or(&no_filters);
         let action = self.compile_action(&at, rule, filters);
         let is_forward = matches!(action, Some(Action::Forward(_)));
-        let proxies = rule.filters.as_ref().is_none_or(|f| {
-            f.redirect.is_none() && f.direct_response.is_none()
-        });
+        let proxies = rule
+            .filters
+            .as_ref()
+            .is_none_or(|f| f.redirect.is_none() && f.direct_response.is_none());
         let fat = format!("{at}.filters");
         let request_headers = filters
             .request_headers
@@ -665,7 +661,8 @@ impl RuleContext<'_, '_> {
                         Ok(())
                     };
                     if let Err(e) = check {
-                        self.findings.invalid(format!("{field}.value"), "Invalid", e);
+                        self.findings
+                            .invalid(format!("{field}.value"), "Invalid", e);
                     }
                     ValueMatch::Exact(h.value.clone())
                 }
@@ -689,7 +686,8 @@ impl RuleContext<'_, '_> {
         rule_at: &str,
     ) -> Option<PathRewrite> {
         if let Err(e) = names::check_path(&p.value) {
-            self.findings.invalid(format!("{field}.value"), "Invalid", e);
+            self.findings
+                .invalid(format!("{field}.value"), "Invalid", e);
             return None;
         }
         match p.type_ {
@@ -725,7 +723,8 @@ impl RuleContext<'_, '_> {
                     continue;
                 };
                 if let Err(e) = names::check_header_value(&hv.value) {
-                    self.findings.invalid(format!("{field}.value"), "Invalid", e);
+                    self.findings
+                        .invalid(format!("{field}.value"), "Invalid", e);
                     continue;
                 }
                 let pair = (n, hv.value.clone());
@@ -775,12 +774,16 @@ impl RuleContext<'_, '_> {
                                 self.findings.invalid(
                                     format!("{field}.hashOn"),
                                     "Invalid",
-                                    format!("set exactly one of header, cookie, clientIp (found {set})"),
+                                    format!(
+                                        "set exactly one of header, cookie, clientIp (found {set})"
+                                    ),
                                 );
                                 LoadBalancerPolicy::RoundRobin
                             } else if let Some(name) = &h.header {
                                 match self.header_name(&format!("{field}.hashOn.header"), name) {
-                                    Some(n) => LoadBalancerPolicy::ConsistentHash(HashKey::Header(n)),
+                                    Some(n) => {
+                                        LoadBalancerPolicy::ConsistentHash(HashKey::Header(n))
+                                    }
                                     None => LoadBalancerPolicy::RoundRobin,
                                 }
                             } else if let Some(cookie) = &h.cookie {
@@ -859,12 +862,7 @@ impl RuleContext<'_, '_> {
 
     /// Validates a backend and resolves it to a cluster name (adding the
     /// cluster when it resolves). `None` when the backend is invalid.
-    fn backend(
-        &mut self,
-        field: &str,
-        b: &Backend,
-        settings: &ClusterSettings,
-    ) -> Option<String> {
+    fn backend(&mut self, field: &str, b: &Backend, settings: &ClusterSettings) -> Option<String> {
         let protocol = match b.protocol {
             Some(BackendProtocol::Http2) => UpstreamProtocol::Http2,
             _ => UpstreamProtocol::Http1,
@@ -879,11 +877,8 @@ impl RuleContext<'_, '_> {
                 None
             }
             (None, None) => {
-                self.findings.invalid(
-                    field,
-                    "Invalid",
-                    "set name and port (a Service) or url",
-                );
+                self.findings
+                    .invalid(field, "Invalid", "set name and port (a Service) or url");
                 None
             }
             (None, Some(url)) => {
@@ -939,10 +934,8 @@ impl RuleContext<'_, '_> {
                     return None;
                 }
                 let namespace = b.namespace.as_deref().unwrap_or(self.namespace);
-                let cluster_name = format!(
-                    "{namespace}/{name}:{port}{}",
-                    settings.suffix(protocol)
-                );
+                let cluster_name =
+                    format!("{namespace}/{name}:{port}{}", settings.suffix(protocol));
                 match self
                     .index
                     .service_port(self.namespace, namespace, name, port)
@@ -981,20 +974,22 @@ impl RuleContext<'_, '_> {
         settings: &ClusterSettings,
     ) -> String {
         let name = format!("{}{}{}", u.origin(), u.path, settings.suffix(protocol));
-        self.clusters.entry(name.clone()).or_insert_with(|| Cluster {
-            endpoints: vec![Endpoint {
-                host: u.host.clone(),
-                port: u.port,
-            }],
-            protocol,
-            tls: (u.scheme == Scheme::Https).then(|| UpstreamTls {
-                server_name: u.host.clone(),
-            }),
-            path_prefix: (!u.path.is_empty()).then(|| u.path.clone()),
-            load_balancer: settings.load_balancer.clone(),
-            outlier_detection: settings.outlier.clone(),
-            connect_timeout_ms: settings.connect_timeout_ms,
-        });
+        self.clusters
+            .entry(name.clone())
+            .or_insert_with(|| Cluster {
+                endpoints: vec![Endpoint {
+                    host: u.host.clone(),
+                    port: u.port,
+                }],
+                protocol,
+                tls: (u.scheme == Scheme::Https).then(|| UpstreamTls {
+                    server_name: u.host.clone(),
+                }),
+                path_prefix: (!u.path.is_empty()).then(|| u.path.clone()),
+                load_balancer: settings.load_balancer.clone(),
+                outlier_detection: settings.outlier.clone(),
+                connect_timeout_ms: settings.connect_timeout_ms,
+            });
         name
     }
 

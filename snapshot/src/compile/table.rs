@@ -159,10 +159,7 @@ pub(crate) fn assemble(
             match winner {
                 Some((wr, we)) => {
                     let winner = &routes[wr];
-                    let wentry = routes[wr]
-                        .served
-                        .as_ref()
-                        .map(|s| &s.entries[we]);
+                    let wentry = routes[wr].served.as_ref().map(|s| &s.entries[we]);
                     let (wrule, wmatch) = wentry
                         .map(|w| (w.route.id.rule.clone(), w.match_index))
                         .unwrap_or_default();

@@ -20,7 +20,9 @@ fn load(yaml: &str) -> Resources {
         match kind.as_str() {
             "ApiRoute" => r.api_routes.push(serde_yaml::from_value(v).unwrap()),
             "AuthPolicy" => r.auth_policies.push(serde_yaml::from_value(v).unwrap()),
-            "RateLimitPolicy" => r.rate_limit_policies.push(serde_yaml::from_value(v).unwrap()),
+            "RateLimitPolicy" => r
+                .rate_limit_policies
+                .push(serde_yaml::from_value(v).unwrap()),
             "TlsCertificate" => r.tls_certificates.push(serde_yaml::from_value(v).unwrap()),
             "Service" => r.services.push(serde_yaml::from_value(v).unwrap()),
             "EndpointSlice" => r.endpoint_slices.push(serde_yaml::from_value(v).unwrap()),
@@ -95,7 +97,11 @@ fn precedence_follows_gateway_api() {
   - {{name: root, {URL}}}"
     );
     let c = run(&route("r", "2025-01-01T00:00:00Z", "a.example.com", &rules));
-    assert!(status(&c, "ApiRoute", "default", "r").is_accepted(), "{:#?}", c.statuses);
+    assert!(
+        status(&c, "ApiRoute", "default", "r").is_accepted(),
+        "{:#?}",
+        c.statuses
+    );
     assert_eq!(
         order(&c, "a.example.com"),
         [
@@ -119,9 +125,24 @@ fn precedence_follows_gateway_api() {
 #[test]
 fn ties_go_to_the_older_route_then_namespace_and_name() {
     let yaml = [
-        route("b-newer", "2025-02-01T00:00:00Z", "h.example.com", &format!("  - {{matches: [{{path: {{value: /x}}, methods: [GET]}}], {URL}}}")),
-        route("c-older", "2025-01-01T00:00:00Z", "h.example.com", &format!("  - {{matches: [{{path: {{value: /x}}, methods: [POST]}}], {URL}}}")),
-        route("a-older", "2025-01-01T00:00:00Z", "h.example.com", &format!("  - {{matches: [{{path: {{value: /x}}, methods: [PUT]}}], {URL}}}")),
+        route(
+            "b-newer",
+            "2025-02-01T00:00:00Z",
+            "h.example.com",
+            &format!("  - {{matches: [{{path: {{value: /x}}, methods: [GET]}}], {URL}}}"),
+        ),
+        route(
+            "c-older",
+            "2025-01-01T00:00:00Z",
+            "h.example.com",
+            &format!("  - {{matches: [{{path: {{value: /x}}, methods: [POST]}}], {URL}}}"),
+        ),
+        route(
+            "a-older",
+            "2025-01-01T00:00:00Z",
+            "h.example.com",
+            &format!("  - {{matches: [{{path: {{value: /x}}, methods: [PUT]}}], {URL}}}"),
+        ),
     ]
     .concat();
     let c = run(&yaml);
@@ -134,14 +155,24 @@ fn ties_go_to_the_older_route_then_namespace_and_name() {
 #[test]
 fn identical_matches_conflict_and_the_older_route_wins() {
     let yaml = [
-        route("old", "2025-01-01T00:00:00Z", "h.example.com", &format!("  - {{matches: [{{path: {{value: /a}}}}], {URL}}}")),
+        route(
+            "old",
+            "2025-01-01T00:00:00Z",
+            "h.example.com",
+            &format!("  - {{matches: [{{path: {{value: /a}}}}], {URL}}}"),
+        ),
         route(
             "new",
             "2025-03-01T00:00:00Z",
             "h.example.com",
             &format!("  - {{matches: [{{path: {{value: /a/}}}}, {{path: {{value: /b}}}}], {URL}}}"),
         ),
-        route("all", "2025-04-01T00:00:00Z", "h.example.com", &format!("  - {{matches: [{{path: {{value: /a}}}}], {URL}}}")),
+        route(
+            "all",
+            "2025-04-01T00:00:00Z",
+            "h.example.com",
+            &format!("  - {{matches: [{{path: {{value: /a}}}}], {URL}}}"),
+        ),
     ]
     .concat();
     let c = run(&yaml);
@@ -273,9 +304,15 @@ fn services_resolve_to_ready_endpoints_from_slices_or_endpoints() {
         endpoints(&c, "shop/products:80"),
         ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
     );
-    assert_eq!(endpoints(&c, "shop/products:9000"), ["10.1.0.1:9001", "10.1.0.2:9001"]);
+    assert_eq!(
+        endpoints(&c, "shop/products:9000"),
+        ["10.1.0.1:9001", "10.1.0.2:9001"]
+    );
     // No slices: core/v1 Endpoints, never notReadyAddresses.
-    assert_eq!(endpoints(&c, "shop/legacy:80"), ["10.2.0.1:8081", "10.2.0.2:8081"]);
+    assert_eq!(
+        endpoints(&c, "shop/legacy:80"),
+        ["10.2.0.1:8081", "10.2.0.2:8081"]
+    );
 }
 
 #[test]
@@ -286,13 +323,30 @@ fn missing_backends_keep_the_route_accepted_and_get_500() {
     let s = status(&c, "ApiRoute", "shop", "r");
     assert!(s.is_accepted());
     let refs = cond(s, "ResolvedRefs");
-    assert_eq!((refs.status.as_str(), refs.reason.as_str()), ("False", "BackendNotFound"));
-    assert!(refs.message.contains("spec.rules[0].backends[1]: Service shop/nope not found"), "{}", refs.message);
-    assert!(refs.message.contains("has no port 81 (its ports: 80, 9000)"), "{}", refs.message);
+    assert_eq!(
+        (refs.status.as_str(), refs.reason.as_str()),
+        ("False", "BackendNotFound")
+    );
+    assert!(
+        refs.message
+            .contains("spec.rules[0].backends[1]: Service shop/nope not found"),
+        "{}",
+        refs.message
+    );
+    assert!(
+        refs.message
+            .contains("has no port 81 (its ports: 80, 9000)"),
+        "{}",
+        refs.message
+    );
     let Action::Forward(f) = &vhost(&c, "shop.example.com").routes[0].action else {
         panic!()
     };
-    let names: Vec<(&str, u32)> = f.backends.iter().map(|b| (b.cluster.as_str(), b.weight)).collect();
+    let names: Vec<(&str, u32)> = f
+        .backends
+        .iter()
+        .map(|b| (b.cluster.as_str(), b.weight))
+        .collect();
     assert_eq!(
         names,
         [
@@ -301,7 +355,10 @@ fn missing_backends_keep_the_route_accepted_and_get_500() {
             ("unresolved:shop/products:81", 1)
         ]
     );
-    assert_eq!(c.snapshot.clusters.keys().collect::<Vec<_>>(), ["shop/products:80"]);
+    assert_eq!(
+        c.snapshot.clusters.keys().collect::<Vec<_>>(),
+        ["shop/products:80"]
+    );
     assert_eq!(c.snapshot.generations["ApiRoute/shop/r"], 2);
 }
 
@@ -313,7 +370,12 @@ fn cross_namespace_references_need_a_grant() {
     let s = status(&c, "ApiRoute", "shop", "r");
     let refs = cond(s, "ResolvedRefs");
     assert_eq!(refs.reason, "RefNotPermitted");
-    assert!(refs.message.contains("spec.rules[0].backends[1]: Service common/private"), "{}", refs.message);
+    assert!(
+        refs.message
+            .contains("spec.rules[0].backends[1]: Service common/private"),
+        "{}",
+        refs.message
+    );
     assert!(c.snapshot.clusters.contains_key("common/shared:80"));
     assert!(!c.snapshot.clusters.contains_key("common/private:80"));
 }
@@ -345,10 +407,17 @@ spec:
     let names: Vec<&String> = c.snapshot.clusters.keys().collect();
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().any(|n| *n == "shop/products:80"));
-    assert!(names.iter().any(|n| *n == "https://api.example.com:443/base"));
-    let suffixed: Vec<_> = names.iter().filter(|n| n.starts_with("shop/products:80#")).collect();
+    assert!(names
+        .iter()
+        .any(|n| *n == "https://api.example.com:443/base"));
+    let suffixed: Vec<_> = names
+        .iter()
+        .filter(|n| n.starts_with("shop/products:80#"))
+        .collect();
     assert_eq!(suffixed.len(), 2);
-    assert!(suffixed.iter().all(|n| n.len() == "shop/products:80#".len() + 8));
+    assert!(suffixed
+        .iter()
+        .all(|n| n.len() == "shop/products:80#".len() + 8));
     let url = &c.snapshot.clusters["https://api.example.com:443/base"];
     assert_eq!(url.tls.as_ref().unwrap().server_name, "api.example.com");
     assert_eq!(url.path_prefix.as_deref(), Some("/base"));
@@ -360,7 +429,14 @@ spec:
         .unwrap()
         .1;
     let o = hashed.outlier_detection.as_ref().unwrap();
-    assert_eq!((o.consecutive_failures, o.base_ejection_ms, o.max_ejection_percent), (5, 30_000, 50));
+    assert_eq!(
+        (
+            o.consecutive_failures,
+            o.base_ejection_ms,
+            o.max_ejection_percent
+        ),
+        (5, 30_000, 50)
+    );
 }
 
 #[test]
@@ -400,13 +476,16 @@ fn invalid_fields_are_named_with_their_path() {
         ("spec.rules[3].filters.urlRewrite.path.type", "Invalid"),
         ("spec.rules[3].loadBalancer.hashOn", "Invalid"),
     ] {
-        assert!(fields.contains(&expected), "{expected:?} not in {fields:#?}");
+        assert!(
+            fields.contains(&expected),
+            "{expected:?} not in {fields:#?}"
+        );
     }
     let accepted = cond(s, "Accepted");
     assert_eq!(accepted.reason, "Invalid");
-    assert!(accepted
-        .message
-        .contains("spec.rules[1].matches[0].path.value: regex parse error: unclosed character class"));
+    assert!(accepted.message.contains(
+        "spec.rules[1].matches[0].path.value: regex parse error: unclosed character class"
+    ));
     assert!(accepted.message.ends_with("; nothing of it is served"));
     assert_eq!(accepted.observed_generation, Some(1));
     assert!(c.snapshot.virtual_hosts.is_empty());
@@ -415,8 +494,18 @@ fn invalid_fields_are_named_with_their_path() {
 #[test]
 fn an_invalid_route_changes_nothing_else() {
     let good = [
-        route("a", "2025-01-01T00:00:00Z", "a.example.com", &format!("  - {{{URL}}}")),
-        route("b", "2025-01-01T00:00:00Z", "b.example.com", &format!("  - {{matches: [{{path: {{value: /x}}}}], {URL}}}")),
+        route(
+            "a",
+            "2025-01-01T00:00:00Z",
+            "a.example.com",
+            &format!("  - {{{URL}}}"),
+        ),
+        route(
+            "b",
+            "2025-01-01T00:00:00Z",
+            "b.example.com",
+            &format!("  - {{matches: [{{path: {{value: /x}}}}], {URL}}}"),
+        ),
     ]
     .concat();
     let bad = route(
@@ -454,7 +543,11 @@ spec:
     let accepted = cond(s, "Accepted");
     assert_eq!(accepted.status, "False");
     assert_eq!(accepted.observed_generation, Some(4));
-    assert!(accepted.message.ends_with("; still serving generation 3"), "{}", accepted.message);
+    assert!(
+        accepted.message.ends_with("; still serving generation 3"),
+        "{}",
+        accepted.message
+    );
     assert_eq!(s.serving_generation, Some(3));
     assert_eq!(second.snapshot.generations["ApiRoute/default/r"], 3);
 
@@ -465,21 +558,36 @@ spec:
     let recreated = v2.replace("uid: u1", "uid: u2");
     let fourth = compile(&load(&recreated), Some(&second), NOW);
     assert!(fourth.snapshot.virtual_hosts.is_empty());
-    assert!(cond(status(&fourth, "ApiRoute", "default", "r"), "Accepted")
-        .message
-        .ends_with("nothing of it is served"));
+    assert!(
+        cond(status(&fourth, "ApiRoute", "default", "r"), "Accepted")
+            .message
+            .ends_with("nothing of it is served")
+    );
 }
 
 #[test]
 fn wildcard_routes_are_inherited_after_exact_ones() {
     let yaml = [
-        route("wild", "2025-01-01T00:00:00Z", "\"*.example.com\"", &format!("  - {{matches: [{{path: {{value: /w}}}}], {URL}}}")),
-        route("exact", "2025-02-01T00:00:00Z", "a.example.com", &format!("  - {{matches: [{{path: {{value: /}}}}], {URL}}}")),
+        route(
+            "wild",
+            "2025-01-01T00:00:00Z",
+            "\"*.example.com\"",
+            &format!("  - {{matches: [{{path: {{value: /w}}}}], {URL}}}"),
+        ),
+        route(
+            "exact",
+            "2025-02-01T00:00:00Z",
+            "a.example.com",
+            &format!("  - {{matches: [{{path: {{value: /}}}}], {URL}}}"),
+        ),
     ]
     .concat();
     let c = run(&yaml);
     assert_eq!(order(&c, "*.example.com"), ["wild/rule-0/0"]);
-    assert_eq!(order(&c, "a.example.com"), ["exact/rule-0/0", "wild/rule-0/0"]);
+    assert_eq!(
+        order(&c, "a.example.com"),
+        ["exact/rule-0/0", "wild/rule-0/0"]
+    );
 }
 
 fn self_signed(hosts: &[&str], not_after_year: Option<i32>) -> (String, String) {
@@ -494,7 +602,13 @@ fn self_signed(hosts: &[&str], not_after_year: Option<i32>) -> (String, String) 
     (cert.pem(), key.serialize_pem())
 }
 
-fn tls_yaml(name: &str, created: &str, hosts: &str, secret: &str, pem: &(String, String)) -> String {
+fn tls_yaml(
+    name: &str,
+    created: &str,
+    hosts: &str,
+    secret: &str,
+    pem: &(String, String),
+) -> String {
     let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
     format!(
         "---
@@ -521,10 +635,34 @@ fn certificates_are_checked_and_turn_on_https_redirects() {
     let good = self_signed(&["shop.example.com", "*.shop.example.com"], None);
     let expired = self_signed(&["old.example.com"], Some(2020));
     let yaml = [
-        tls_yaml("good", "2025-01-01T00:00:00Z", "[shop.example.com, \"*.shop.example.com\"]", "good-tls", &good),
-        tls_yaml("expired", "2025-01-01T00:00:00Z", "[old.example.com]", "old-tls", &expired),
-        tls_yaml("uncovered", "2025-01-01T00:00:00Z", "[other.example.com]", "good-tls-2", &good),
-        tls_yaml("newer", "2025-06-01T00:00:00Z", "[shop.example.com]", "good-tls-3", &good),
+        tls_yaml(
+            "good",
+            "2025-01-01T00:00:00Z",
+            "[shop.example.com, \"*.shop.example.com\"]",
+            "good-tls",
+            &good,
+        ),
+        tls_yaml(
+            "expired",
+            "2025-01-01T00:00:00Z",
+            "[old.example.com]",
+            "old-tls",
+            &expired,
+        ),
+        tls_yaml(
+            "uncovered",
+            "2025-01-01T00:00:00Z",
+            "[other.example.com]",
+            "good-tls-2",
+            &good,
+        ),
+        tls_yaml(
+            "newer",
+            "2025-06-01T00:00:00Z",
+            "[shop.example.com]",
+            "good-tls-3",
+            &good,
+        ),
         "---
 apiVersion: ferrogate.dev/v1alpha1
 kind: TlsCertificate
@@ -532,10 +670,25 @@ metadata: {name: missing, namespace: default}
 spec: {hosts: [x.example.com], secretName: nope}
 "
         .to_owned(),
-        route("r", "2025-01-01T00:00:00Z", "api.shop.example.com", &format!("  - {{{URL}}}")),
-        route("plain", "2025-01-01T00:00:00Z", "shop.example.com", &format!("  - {{{URL}}}"))
-            .replace("spec:\n", "spec:\n  allowPlainHttp: true\n"),
-        route("other", "2025-01-01T00:00:00Z", "a.b.shop.example.com", &format!("  - {{{URL}}}")),
+        route(
+            "r",
+            "2025-01-01T00:00:00Z",
+            "api.shop.example.com",
+            &format!("  - {{{URL}}}"),
+        ),
+        route(
+            "plain",
+            "2025-01-01T00:00:00Z",
+            "shop.example.com",
+            &format!("  - {{{URL}}}"),
+        )
+        .replace("spec:\n", "spec:\n  allowPlainHttp: true\n"),
+        route(
+            "other",
+            "2025-01-01T00:00:00Z",
+            "a.b.shop.example.com",
+            &format!("  - {{{URL}}}"),
+        ),
     ]
     .concat();
     let c = run(&yaml);
@@ -544,7 +697,9 @@ spec: {hosts: [x.example.com], secretName: nope}
     assert!(g.not_after.as_deref().unwrap().starts_with("4096-"));
     let e = status(&c, "TlsCertificate", "default", "expired");
     assert_eq!(cond(e, "Accepted").reason, "CertificateExpired");
-    assert!(cond(e, "Accepted").message.starts_with("spec.secretName: Secret default/old-tls: the certificate expired at 2020-01-01T00:00:00Z"));
+    assert!(cond(e, "Accepted").message.starts_with(
+        "spec.secretName: Secret default/old-tls: the certificate expired at 2020-01-01T00:00:00Z"
+    ));
     let u = status(&c, "TlsCertificate", "default", "uncovered");
     assert_eq!(cond(u, "Accepted").reason, "HostNotCovered");
     let n = status(&c, "TlsCertificate", "default", "newer");
@@ -565,8 +720,17 @@ spec: {hosts: [x.example.com], secretName: nope}
 fn a_bad_secret_update_keeps_the_last_good_certificate() {
     let good = self_signed(&["shop.example.com"], None);
     let other = self_signed(&["shop.example.com"], None);
-    let v1 = tls_yaml("t", "2025-01-01T00:00:00Z", "[shop.example.com]", "s", &good)
-        .replace("namespace: default, creation", "namespace: default, generation: 2, creation");
+    let v1 = tls_yaml(
+        "t",
+        "2025-01-01T00:00:00Z",
+        "[shop.example.com]",
+        "s",
+        &good,
+    )
+    .replace(
+        "namespace: default, creation",
+        "namespace: default, generation: 2, creation",
+    );
     let first = run(&v1);
     assert_eq!(first.snapshot.certificates.len(), 1);
     // Key of another certificate: KeyMismatch, the old pair keeps serving.
@@ -577,13 +741,21 @@ fn a_bad_secret_update_keeps_the_last_good_certificate() {
         "s",
         &(good.0.clone(), other.1.clone()),
     )
-    .replace("namespace: default, creation", "namespace: default, generation: 2, creation");
+    .replace(
+        "namespace: default, creation",
+        "namespace: default, generation: 2, creation",
+    );
     let second = compile(&load(&v2), Some(&first), NOW);
     assert_eq!(second.snapshot.hash, first.snapshot.hash);
     let s = status(&second, "TlsCertificate", "default", "t");
     let a = cond(s, "Accepted");
     assert_eq!(a.reason, "KeyMismatch");
-    assert!(a.message.contains("still serving the last valid certificate (generation 2"), "{}", a.message);
+    assert!(
+        a.message
+            .contains("still serving the last valid certificate (generation 2"),
+        "{}",
+        a.message
+    );
 }
 
 const POLICY_ROUTES: &str = "
@@ -617,11 +789,41 @@ const ALLOW_A: &str = "  authorization: {rules: [{action: Allow, organizations: 
 fn policies_attach_to_rules_and_routes() {
     let yaml = [
         POLICY_ROUTES.to_owned(),
-        policy("AuthPolicy", "route-old", "2025-01-01T00:00:00Z", "[{name: shop}]", ALLOW_A),
-        policy("AuthPolicy", "route-new", "2025-02-01T00:00:00Z", "[{name: shop}]", ALLOW_A),
-        policy("AuthPolicy", "rule", "2025-03-01T00:00:00Z", "[{name: shop, sectionName: pay}]", ALLOW_A),
-        policy("AuthPolicy", "lost", "2025-03-01T00:00:00Z", "[{name: nope}, {name: shop, sectionName: nope}]", ALLOW_A),
-        policy("AuthPolicy", "half", "2025-03-01T00:00:00Z", "[{name: nope}, {name: shop, sectionName: cart}]", ALLOW_A),
+        policy(
+            "AuthPolicy",
+            "route-old",
+            "2025-01-01T00:00:00Z",
+            "[{name: shop}]",
+            ALLOW_A,
+        ),
+        policy(
+            "AuthPolicy",
+            "route-new",
+            "2025-02-01T00:00:00Z",
+            "[{name: shop}]",
+            ALLOW_A,
+        ),
+        policy(
+            "AuthPolicy",
+            "rule",
+            "2025-03-01T00:00:00Z",
+            "[{name: shop, sectionName: pay}]",
+            ALLOW_A,
+        ),
+        policy(
+            "AuthPolicy",
+            "lost",
+            "2025-03-01T00:00:00Z",
+            "[{name: nope}, {name: shop, sectionName: nope}]",
+            ALLOW_A,
+        ),
+        policy(
+            "AuthPolicy",
+            "half",
+            "2025-03-01T00:00:00Z",
+            "[{name: nope}, {name: shop, sectionName: cart}]",
+            ALLOW_A,
+        ),
         policy(
             "RateLimitPolicy",
             "b-cart",
@@ -657,7 +859,9 @@ fn policies_attach_to_rules_and_routes() {
 
     let lost = status(&c, "AuthPolicy", "default", "lost");
     assert_eq!(cond(lost, "Accepted").reason, "TargetNotFound");
-    assert!(cond(lost, "ResolvedRefs").message.contains("has no rule named \"nope\" (its rules: cart, pay)"));
+    assert!(cond(lost, "ResolvedRefs")
+        .message
+        .contains("has no rule named \"nope\" (its rules: cart, pay)"));
     let half = status(&c, "AuthPolicy", "default", "half");
     assert!(half.is_accepted());
     assert_eq!(cond(half, "ResolvedRefs").reason, "TargetNotFound");
@@ -665,7 +869,10 @@ fn policies_attach_to_rules_and_routes() {
     assert_eq!(cond(global, "Accepted").reason, "Invalid");
     assert!(global.problems[0].field == "spec.failureMode");
     assert!(!c.snapshot.rate_limits.contains_key("default/global"));
-    assert!(c.snapshot.generations.contains_key("AuthPolicy/default/route-old"));
+    assert!(c
+        .snapshot
+        .generations
+        .contains_key("AuthPolicy/default/route-old"));
 }
 
 #[test]
@@ -689,8 +896,14 @@ fn a_new_invalid_auth_policy_fails_closed() {
     assert!(a.message.ends_with("fail closed)"));
     let config = &c.snapshot.auth_policies["default/broken"];
     assert!(config.methods.is_empty() && !config.rules[0].allow);
-    assert!(vhost(&c, "shop.example.com").routes.iter().all(|r| r.auth.as_deref() == Some("default/broken")));
-    assert!(!c.snapshot.generations.contains_key("AuthPolicy/default/broken"));
+    assert!(vhost(&c, "shop.example.com")
+        .routes
+        .iter()
+        .all(|r| r.auth.as_deref() == Some("default/broken")));
+    assert!(!c
+        .snapshot
+        .generations
+        .contains_key("AuthPolicy/default/broken"));
 }
 
 #[test]
@@ -739,19 +952,38 @@ data: {secret: c2VjcmV0}
     let s = status(&c, "AuthPolicy", "default", "keys");
     assert!(s.is_accepted(), "{s:#?}");
     let refs = cond(s, "ResolvedRefs");
-    assert!(refs.message.contains("Secret default/key-b has no data key consumer"), "{}", refs.message);
-    assert!(refs.message.contains("htpasswd user \"eve\" (line 2): MD5 password hashes are refused"), "{}", refs.message);
+    assert!(
+        refs.message
+            .contains("Secret default/key-b has no data key consumer"),
+        "{}",
+        refs.message
+    );
+    assert!(
+        refs.message
+            .contains("htpasswd user \"eve\" (line 2): MD5 password hashes are refused"),
+        "{}",
+        refs.message
+    );
     assert!(!refs.message.contains("$apr1$"));
     let config = &c.snapshot.auth_policies["default/keys"];
-    let AuthMethodConfig::ApiKey(k) = &config.methods[0] else { panic!() };
+    let AuthMethodConfig::ApiKey(k) = &config.methods[0] else {
+        panic!()
+    };
     assert_eq!(k.keys.len(), 1);
-    assert_eq!(k.keys[0].sha256, hex::encode(sha2::Sha256::digest(b"secret-a")));
+    assert_eq!(
+        k.keys[0].sha256,
+        hex::encode(sha2::Sha256::digest(b"secret-a"))
+    );
     assert_eq!(k.keys[0].groups, ["a", "b"]);
     assert_eq!(k.keys[0].organization.as_deref(), Some("A"));
-    let AuthMethodConfig::Basic(b) = &config.methods[1] else { panic!() };
+    let AuthMethodConfig::Basic(b) = &config.methods[1] else {
+        panic!()
+    };
     assert_eq!(b.users.len(), 1);
     assert_eq!(b.users[0].0, "bob");
-    let AuthMethodConfig::Jwt(j) = &config.methods[2] else { panic!() };
+    let AuthMethodConfig::Jwt(j) = &config.methods[2] else {
+        panic!()
+    };
     assert_eq!(j.keys, JwtKeys::Hmac("c2VjcmV0".into()));
     let json = serde_json::to_string(&c.snapshot).unwrap();
     assert!(!json.contains("secret-a"));
@@ -759,8 +991,18 @@ data: {secret: c2VjcmV0}
 
 #[test]
 fn duplicate_objects_resolve_deterministically() {
-    let a = route("r", "2025-01-01T00:00:00Z", "a.example.com", &format!("  - {{{URL}}}"));
-    let b = route("r", "2025-01-01T00:00:00Z", "b.example.com", &format!("  - {{{URL}}}"));
+    let a = route(
+        "r",
+        "2025-01-01T00:00:00Z",
+        "a.example.com",
+        &format!("  - {{{URL}}}"),
+    );
+    let b = route(
+        "r",
+        "2025-01-01T00:00:00Z",
+        "b.example.com",
+        &format!("  - {{{URL}}}"),
+    );
     let one = run(&format!("{a}{b}"));
     let two = run(&format!("{b}{a}"));
     assert_eq!(one.snapshot.hash, two.snapshot.hash);
@@ -771,7 +1013,12 @@ use sha2::Digest;
 
 #[test]
 fn the_streamed_hash_is_the_model_content_hash() {
-    let c = run(&route("r", "2025-01-01T00:00:00Z", "a.example.com", &format!("  - {{{URL}}}")));
+    let c = run(&route(
+        "r",
+        "2025-01-01T00:00:00Z",
+        "a.example.com",
+        &format!("  - {{{URL}}}"),
+    ));
     assert_eq!(c.snapshot.hash, c.snapshot.content_hash());
     assert_eq!(c.snapshot.version, 0);
 }

@@ -14,9 +14,7 @@
 use super::index::{secret_value, Index};
 use super::names;
 use super::report::{Findings, NotAccepted, StatusInput};
-use super::{
-    AcceptedResource, AcceptedVersion, Meta, ObjectKey, Output, KIND_TLS_CERTIFICATE,
-};
+use super::{AcceptedResource, AcceptedVersion, Meta, ObjectKey, Output, KIND_TLS_CERTIFICATE};
 use crate::certs::{check_certificate, unix_to_rfc3339};
 use crate::model::Certificate;
 use crds::tls::{ClientValidationMode, TlsVersion};
@@ -122,7 +120,9 @@ pub(crate) fn compile_certificates(
                 match owners.get(host) {
                     Some(other) => c.findings.conflict(
                         "spec.hosts",
-                        format!("host {host:?} is already served by the older TlsCertificate {other}"),
+                        format!(
+                            "host {host:?} is already served by the older TlsCertificate {other}"
+                        ),
                     ),
                     None => kept.push(host.clone()),
                 }
@@ -257,8 +257,10 @@ fn compile_one(
         }
     };
     let what = format!("Secret {ns}/{}", spec.secret_name);
-    let (Some(chain), Some(key)) = (secret_value(secret, "tls.crt"), secret_value(secret, "tls.key"))
-    else {
+    let (Some(chain), Some(key)) = (
+        secret_value(secret, "tls.crt"),
+        secret_value(secret, "tls.key"),
+    ) else {
         f.invalid(
             "spec.secretName",
             "InvalidCertificate",
@@ -272,7 +274,8 @@ fn compile_one(
             None
         }
         Ok(info) => {
-            let (Ok(cert_chain_pem), Ok(key_pem)) = (String::from_utf8(chain), String::from_utf8(key))
+            let (Ok(cert_chain_pem), Ok(key_pem)) =
+                (String::from_utf8(chain), String::from_utf8(key))
             else {
                 f.invalid(
                     "spec.secretName",

@@ -31,10 +31,16 @@ pub fn add_yaml(resources: &mut Resources, yaml: &str) {
         match kind.as_str() {
             "ApiRoute" => r.api_routes.push(serde_yaml::from_value(value).unwrap()),
             "AuthPolicy" => r.auth_policies.push(serde_yaml::from_value(value).unwrap()),
-            "RateLimitPolicy" => r.rate_limit_policies.push(serde_yaml::from_value(value).unwrap()),
-            "TlsCertificate" => r.tls_certificates.push(serde_yaml::from_value(value).unwrap()),
+            "RateLimitPolicy" => r
+                .rate_limit_policies
+                .push(serde_yaml::from_value(value).unwrap()),
+            "TlsCertificate" => r
+                .tls_certificates
+                .push(serde_yaml::from_value(value).unwrap()),
             "Service" => r.services.push(serde_yaml::from_value(value).unwrap()),
-            "EndpointSlice" => r.endpoint_slices.push(serde_yaml::from_value(value).unwrap()),
+            "EndpointSlice" => r
+                .endpoint_slices
+                .push(serde_yaml::from_value(value).unwrap()),
             "Endpoints" => r.endpoints.push(serde_yaml::from_value(value).unwrap()),
             "Secret" => r.secrets.push(serde_yaml::from_value(value).unwrap()),
             other => panic!("unexpected kind {other}"),
