@@ -60,6 +60,9 @@ pub struct DataplaneArgs {
     /// runtime.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Rate-limit settings.
+    #[command(flatten)]
+    pub rate_limits: crate::serve::RateLimitArgs,
 }
 
 fn parse_addr(flag: &str, text: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -144,6 +147,9 @@ async fn serve(args: DataplaneArgs) -> anyhow::Result<()> {
         https_addr: https,
         admin_addr: admin,
         trusted_proxies: trusted,
+        redis_url: args.rate_limits.redis_url()?,
+        redis_timeout: args.rate_limits.redis_timeout,
+        rate_limit_max_keys: args.rate_limits.rate_limit_max_keys,
         ..DataplaneConfig::default()
     };
     let listeners = Listeners::bind(&config)

@@ -51,6 +51,41 @@ pub struct ServeArgs {
     /// Connections served at once per listener.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Rate-limit settings.
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+}
+
+/// Rate-limit settings, shared by `serve` and `dataplane`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RateLimitArgs {
+    /// Redis for `scope: Global` rate limits (`redis://host:port/db`),
+    /// shared by every dataplane. Without it, Global limits follow their
+    /// failureMode (Open: count locally; Closed: refuse with 429).
+    #[arg(long, env = "FERROGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Time limit of one Redis call; past it, Global limits follow their
+    /// failureMode.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// Most client keys the local rate limiter tracks (about 40 bytes
+    /// each); past it, the keys closest to idle are forgotten first.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rate_limit_max_keys: usize,
+}
+
+impl RateLimitArgs {
+    /// The Redis URL, checked.
+    pub fn redis_url(&self) -> anyhow::Result<Option<String>> {
+        match &self.redis_url {
+            Some(url) => {
+                dataplane::ratelimit::redis::check_url(url)
+                    .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+                Ok(Some(url.clone()))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -118,13 +153,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http_addr: http,
         https_addr: https,
         admin_addr: admin,
-        https_redirect_port: 443,
         trusted_proxies: trusted,
         limits: dataplane::server::ListenerLimits {
             header_read_timeout: args.header_read_timeout,
             max_connections: args.max_connections,
             ..Default::default()
         },
+        redis_url: args.rate_limits.redis_url()?,
+        redis_timeout: args.rate_limits.redis_timeout,
+        rate_limit_max_keys: args.rate_limits.rate_limit_max_keys,
+        ..DataplaneConfig::default()
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listeners = Listeners::bind(&config).await.context("binding listeners")?;

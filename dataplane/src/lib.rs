@@ -20,6 +20,7 @@
 //!   `/metrics`.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod body;
 pub mod client;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod table;
@@ -100,6 +102,13 @@ pub struct DataplaneConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Connection and request limits.
     pub limits: ListenerLimits,
+    /// Redis for global rate limits (`redis://host:port/db`).
+    pub redis_url: Option<String>,
+    /// Time limit of one Redis call; past it, global limits follow their
+    /// `failureMode`.
+    pub redis_timeout: std::time::Duration,
+    /// Most keys the local rate limiter tracks (about 40 bytes each).
+    pub rate_limit_max_keys: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -111,6 +120,9 @@ impl Default for DataplaneConfig {
             https_redirect_port: 443,
             trusted_proxies: Vec::new(),
             limits: ListenerLimits::default(),
+            redis_url: None,
+            redis_timeout: std::time::Duration::from_millis(100),
+            rate_limit_max_keys: 1_000_000,
         }
     }
 }
@@ -134,6 +146,10 @@ pub struct Shared {
     pub clients: Clients,
     /// Metrics.
     pub metrics: Metrics,
+    /// Authentication state kept across snapshots (JWKS caches).
+    pub auth: auth::AuthState,
+    /// Rate-limit counters kept across snapshots, and Redis.
+    pub limits: ratelimit::LimitState,
     /// A snapshot has been loaded.
     pub ready: AtomicBool,
     apply_lock: Mutex<()>,
@@ -162,7 +178,9 @@ impl Dataplane {
     pub fn new(config: DataplaneConfig) -> Result<Dataplane, BuildError> {
         let metrics = Metrics::default();
         let clients = Clients::default();
-        let table = Table::empty(&clients, &metrics)?;
+        let auth = auth::AuthState::default();
+        let limits = ratelimit::LimitState::new(&config);
+        let table = Table::empty(&clients, &metrics, &auth)?;
         let tls = Arc::new(tls::SwappableResolver::new(table.tls.clone()));
         Ok(Dataplane {
             shared: Arc::new(Shared {
@@ -171,6 +189,8 @@ impl Dataplane {
                 tls,
                 clients,
                 metrics,
+                auth,
+                limits,
                 ready: AtomicBool::new(false),
                 apply_lock: Mutex::new(()),
             }),
@@ -192,6 +212,7 @@ impl Dataplane {
             &shared.clients,
             Some(&previous),
             &shared.metrics,
+            &shared.auth,
         );
         match built {
             Ok(table) => {

@@ -28,6 +28,26 @@ pub struct ClusterLabels {
     pub cluster: String,
 }
 
+/// Labels of authentication and authorization refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// `namespace/name` of the AuthPolicy.
+    pub policy: String,
+    /// Why (a fixed set: `missing`, `expired`, `signature`, `forbidden`...).
+    pub reason: String,
+}
+
+/// Labels of rate-limit decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// `namespace/name` of the RateLimitPolicy.
+    pub policy: String,
+    /// Limit name.
+    pub limit: String,
+    /// `allowed`, `limited`, `shadow_limited` or `store_unavailable`.
+    pub decision: String,
+}
+
 /// All dataplane metrics.
 pub struct Metrics {
     registry: Registry,
@@ -49,6 +69,10 @@ pub struct Metrics {
     pub snapshot_applied: Counter,
     /// Snapshots refused because they failed to build.
     pub snapshot_failures: Counter,
+    /// Requests refused by an AuthPolicy, by policy and reason.
+    pub auth_refusals: Family<AuthLabels, Counter>,
+    /// Rate-limit decisions by policy, limit and decision.
+    pub ratelimit_decisions: Family<RateLimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +128,18 @@ impl Default for Metrics {
             "Routing snapshots refused because they failed to build",
             snapshot_failures.clone(),
         );
+        let auth_refusals = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_refusals",
+            "Requests refused by authentication or authorization, by policy and reason",
+            auth_refusals.clone(),
+        );
+        let ratelimit_decisions = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by policy, limit and decision (allowed, limited, shadow_limited, store_unavailable)",
+            ratelimit_decisions.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -115,6 +151,8 @@ impl Default for Metrics {
             snapshot_version,
             snapshot_applied,
             snapshot_failures,
+            auth_refusals,
+            ratelimit_decisions,
         }
     }
 }

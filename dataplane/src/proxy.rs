@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  load table ─▶ identify (request id, host, device) ─▶ check SNI (421)
-//!      ─▶ route (404) ─▶ HTTPS redirect (308) ─▶ action:
+//!      ─▶ route (404) ─▶ HTTPS redirect (308)
+//!      ─▶ authenticate (401) ─▶ authorize (403) ─▶ rate limit (429) ─▶ action:
 //!           redirect | direct response | forward:
 //!              pick backend (weights) ─▶ pick endpoint (balancer, health)
 //!              ─▶ rewrite + headers ─▶ send (timeouts) ─▶ retry within budget
@@ -61,6 +62,12 @@ pub struct RequestInfo {
     pub labels: Option<(Arc<str>, Arc<str>)>,
     /// The client's device class.
     pub device: Option<crds::DeviceClass>,
+    /// The authenticated consumer (AuthPolicy), if any.
+    pub consumer: Option<Arc<str>>,
+    /// The authenticated caller's organization, if any.
+    pub organization: Option<Arc<str>>,
+    /// What the rate-limit phase decided, when the route has limits.
+    pub rate_limit: Option<crate::ratelimit::RateLimitOutcome>,
 }
 
 fn full(bytes: Bytes) -> Body {
@@ -88,6 +95,10 @@ pub async fn handle(
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    if let Some((policy, limit)) = info.rate_limit.as_ref().and_then(|r| r.headers.as_ref()) {
+        response.headers_mut().insert("ratelimit-policy", policy.clone());
+        response.headers_mut().insert("ratelimit", limit.clone());
     }
     table.count_request(info.labels.as_ref(), response.status());
     Ok(response)
@@ -118,7 +129,7 @@ async fn serve(
             .map(HeaderValue::as_bytes),
     );
     let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
+    let mut query = req.uri().query().map(str::to_owned);
     let view = RequestView {
         host: &host,
         path: &path,
@@ -139,6 +150,31 @@ async fn serve(
 
     if !conn.tls && route.https_redirect {
         return Ok(https_redirect(&host, req.uri(), shared.config.https_redirect_port));
+    }
+
+    // Authenticate -> authorize -> rate limit (`crate::auth`,
+    // `crate::ratelimit`): a refused request never reaches the upstream.
+    if runtime.auth.is_some() || runtime.limits.is_some() {
+        let ctx = crate::auth::PhaseContext {
+            conn,
+            shared,
+            host: &host,
+            path: &path,
+            device,
+            request_id,
+        };
+        let identity = match &runtime.auth {
+            Some(auth) => match auth.phase(&ctx, &mut req, &mut query, info).await {
+                Ok(identity) => identity,
+                Err(refusal) => return Ok(refusal.map(full)),
+            },
+            None => None,
+        };
+        if let Some(limits) = &runtime.limits {
+            if let Err(refusal) = limits.phase(&ctx, &req, identity.as_ref(), info).await {
+                return Ok(refusal.map(full));
+            }
+        }
     }
 
     match &route.action {

@@ -38,6 +38,14 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// An AuthPolicy or RateLimitPolicy is invalid or missing.
+    #[error("policy {policy}: {reason}")]
+    Policy {
+        /// `namespace/name` of the policy.
+        policy: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Per-cluster runtime state.
@@ -188,6 +196,10 @@ pub struct RouteRuntime {
     pub rule_label: Arc<str>,
     backends: Vec<Option<Arc<ClusterRuntime>>>,
     split: Option<WeightedSplit>,
+    /// The AuthPolicy of this route (authentication + authorization).
+    pub auth: Option<Arc<crate::auth::AuthRuntime>>,
+    /// The rate limits of this route.
+    pub limits: Option<Arc<crate::ratelimit::RouteLimits>>,
 }
 
 impl RouteRuntime {
@@ -226,17 +238,23 @@ fn class_label(class: u8) -> String {
 
 impl Table {
     /// An empty table: every request gets 404.
-    pub fn empty(clients: &Clients, metrics: &Metrics) -> Result<Table, BuildError> {
-        Table::build(Arc::new(Snapshot::default()), clients, None, metrics)
+    pub fn empty(
+        clients: &Clients,
+        metrics: &Metrics,
+        auth: &crate::auth::AuthState,
+    ) -> Result<Table, BuildError> {
+        Table::build(Arc::new(Snapshot::default()), clients, None, metrics, auth)
     }
 
     /// Builds a table. `previous` lends passive-health state of clusters
-    /// that keep the same endpoints.
+    /// that keep the same endpoints; `auth` holds the JWKS caches that
+    /// outlive tables.
     pub fn build(
         snapshot: Arc<Snapshot>,
         clients: &Clients,
         previous: Option<&Table>,
         metrics: &Metrics,
+        auth: &crate::auth::AuthState,
     ) -> Result<Table, BuildError> {
         let router = Router::build(&snapshot)?;
         let tls = match previous {
@@ -255,6 +273,9 @@ impl Table {
             clusters.insert(name.clone(), Arc::new(runtime));
         }
 
+        let auth_policies = crate::auth::build(&snapshot, auth, clients, metrics)
+            .map_err(|(policy, reason)| BuildError::Policy { policy, reason })?;
+        let limit_policies = crate::ratelimit::build(&snapshot, metrics);
         let mut routes = Vec::new();
         let mut request_counters = HashMap::new();
         for vhost in &snapshot.virtual_hosts {
@@ -293,11 +314,30 @@ impl Table {
                     }
                     _ => (Vec::new(), None),
                 };
+                let missing = |policy: &str| BuildError::Policy {
+                    policy: policy.to_owned(),
+                    reason: format!("named by route {route_label} but not in the snapshot"),
+                };
+                let route_auth = match &route.auth {
+                    Some(key) => Some(auth_policies.get(key).cloned().ok_or_else(|| missing(key))?),
+                    None => None,
+                };
+                let route_limits = if route.rate_limits.is_empty() {
+                    None
+                } else {
+                    let mut policies = Vec::with_capacity(route.rate_limits.len());
+                    for key in &route.rate_limits {
+                        policies.push(limit_policies.get(key).cloned().ok_or_else(|| missing(key))?);
+                    }
+                    Some(Arc::new(crate::ratelimit::RouteLimits::new(policies)))
+                };
                 routes.push(RouteRuntime {
                     route_label,
                     rule_label,
                     backends,
                     split,
+                    auth: route_auth,
+                    limits: route_limits,
                 });
             }
         }

@@ -208,7 +208,10 @@ pub struct Forward {
 /// A cluster and its share of traffic.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WeightedCluster {
-    /// Key in [`Snapshot::clusters`].
+    /// Key in [`Snapshot::clusters`]. A name that is not a key there (the
+    /// compiler writes `unresolved:` and the name for a backend whose
+    /// Service is missing or not granted) keeps its share of traffic, and
+    /// requests picked for it get 500, as Gateway API prescribes.
     pub cluster: String,
     /// Relative weight (> 0).
     pub weight: u32,
