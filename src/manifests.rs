@@ -288,55 +288,62 @@ impl Loader {
             return;
         }
         let r = &mut Resources::default();
+        let mut unknown = Vec::new();
         let result = match kind.as_str() {
-            "ApiRoute" => parse(source).map(|o: crds::ApiRoute| {
+            "ApiRoute" => parse(source, &mut unknown).map(|o: crds::ApiRoute| {
                 let m = o.metadata.clone();
                 r.api_routes.push(o);
                 m
             }),
-            "AuthPolicy" => parse(source).map(|o: crds::AuthPolicy| {
+            "AuthPolicy" => parse(source, &mut unknown).map(|o: crds::AuthPolicy| {
                 let m = o.metadata.clone();
                 r.auth_policies.push(o);
                 m
             }),
-            "RateLimitPolicy" => parse(source).map(|o: crds::RateLimitPolicy| {
+            "RateLimitPolicy" => parse(source, &mut unknown).map(|o: crds::RateLimitPolicy| {
                 let m = o.metadata.clone();
                 r.rate_limit_policies.push(o);
                 m
             }),
-            "TlsCertificate" => parse(source).map(|o: crds::TlsCertificate| {
+            "TlsCertificate" => parse(source, &mut unknown).map(|o: crds::TlsCertificate| {
                 let m = o.metadata.clone();
                 r.tls_certificates.push(o);
                 m
             }),
-            "Service" => parse(source).map(|o: k8s_openapi::api::core::v1::Service| {
-                let m = o.metadata.clone();
-                r.services.push(o);
-                m
-            }),
-            "Endpoints" => parse(source).map(|o: k8s_openapi::api::core::v1::Endpoints| {
-                let m = o.metadata.clone();
-                r.endpoints.push(o);
-                m
-            }),
-            "EndpointSlice" => {
-                parse(source).map(|o: k8s_openapi::api::discovery::v1::EndpointSlice| {
+            "Service" => {
+                parse(source, &mut unknown).map(|o: k8s_openapi::api::core::v1::Service| {
                     let m = o.metadata.clone();
-                    r.endpoint_slices.push(o);
+                    r.services.push(o);
                     m
                 })
             }
-            "Secret" => parse(source).map(|mut o: k8s_openapi::api::core::v1::Secret| {
-                if let Some(string_data) = o.string_data.take() {
-                    let data = o.data.get_or_insert_with(Default::default);
-                    for (k, v) in string_data {
-                        data.insert(k, ByteString(v.into_bytes()));
+            "Endpoints" => {
+                parse(source, &mut unknown).map(|o: k8s_openapi::api::core::v1::Endpoints| {
+                    let m = o.metadata.clone();
+                    r.endpoints.push(o);
+                    m
+                })
+            }
+            "EndpointSlice" => parse(source, &mut unknown).map(
+                |o: k8s_openapi::api::discovery::v1::EndpointSlice| {
+                    let m = o.metadata.clone();
+                    r.endpoint_slices.push(o);
+                    m
+                },
+            ),
+            "Secret" => {
+                parse(source, &mut unknown).map(|mut o: k8s_openapi::api::core::v1::Secret| {
+                    if let Some(string_data) = o.string_data.take() {
+                        let data = o.data.get_or_insert_with(Default::default);
+                        for (k, v) in string_data {
+                            data.insert(k, ByteString(v.into_bytes()));
+                        }
                     }
-                }
-                let m = o.metadata.clone();
-                r.secrets.push(o);
-                m
-            }),
+                    let m = o.metadata.clone();
+                    r.secrets.push(o);
+                    m
+                })
+            }
             _ => return,
         };
         let meta = match result {
@@ -369,6 +376,18 @@ impl Loader {
         }
         self.seen.insert(id.clone());
         self.origins.insert(id, here);
+        // The kube-derived types leave apiVersion and kind to the caller.
+        unknown.retain(|p| p != "apiVersion" && p != "kind");
+        for path in unknown {
+            self.error(
+                file,
+                Some(i),
+                format!(
+                    "{namespace}/{kind}/{name}: unknown field {path} (ignored; check the spelling: kubectl apply would refuse it)"
+                ),
+                true,
+            );
+        }
         let defaults = |m: &mut ObjectMeta| {
             m.namespace = Some(namespace.clone());
             m.generation.get_or_insert(1);
@@ -402,11 +421,33 @@ enum Source<'a> {
     Value(serde_yaml::Value),
 }
 
-fn parse<T: DeserializeOwned>(source: Source<'_>) -> Result<T, String> {
+/// Deserializes an object, collecting the paths of fields its type does not
+/// have.
+fn parse<T: DeserializeOwned>(source: Source<'_>, unknown: &mut Vec<String>) -> Result<T, String> {
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path.to_string()));
     match source {
-        Source::Document(d) => T::deserialize(d).map_err(|e| e.to_string()),
-        Source::Value(v) => serde_yaml::from_value(v).map_err(|e| e.to_string()),
+        Source::Document(d) => {
+            serde_ignored::deserialize(d, &mut record).map_err(|e| e.to_string())
+        }
+        Source::Value(v) => serde_ignored::deserialize(v, &mut record).map_err(|e| e.to_string()),
     }
+}
+
+/// `spec.rules.0.?.bakends` -> `spec.rules[0].bakends`.
+fn field_path(dotted: &str) -> String {
+    let mut out = String::new();
+    // serde_ignored writes `?` for a step into an Option.
+    for segment in dotted.split('.').filter(|s| *s != "?") {
+        if !out.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -492,6 +533,39 @@ spec:
             text[3].contains("c.yaml: document 1: default/Secret/s is defined again"),
             "{text:#?}"
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "r.yaml",
+            "apiVersion: ferrogate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: r, labels: {a: b}}
+spec:
+  hosts: [a.example.com]
+  rules:
+  - backends: [{url: \"http://127.0.0.1:1\"}]
+    retry: {attempts: 1, on: [GatewayError]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec: {ports: [{port: 80}], bogus: 1}
+",
+        );
+        let (r, errors) = load(&[file]);
+        assert_eq!(r.api_routes.len(), 1);
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0]
+                .contains("document 1: default/ApiRoute/r: unknown field spec.rules[0].retry.on"),
+            "{text:#?}"
+        );
+        assert!(text[1].contains("unknown field spec.bogus"), "{text:#?}");
     }
 
     #[test]
