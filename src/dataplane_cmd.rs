@@ -63,6 +63,9 @@ pub struct DataplaneArgs {
     /// Rate-limit settings.
     #[command(flatten)]
     pub rate_limits: crate::serve::RateLimitArgs,
+    /// Response cache, access log and trace settings.
+    #[command(flatten)]
+    pub observability: crate::observability_args::ObservabilityArgs,
 }
 
 fn parse_addr(flag: &str, text: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -150,6 +153,9 @@ async fn serve(args: DataplaneArgs) -> anyhow::Result<()> {
         redis_url: args.rate_limits.redis_url()?,
         redis_timeout: args.rate_limits.redis_timeout,
         rate_limit_max_keys: args.rate_limits.rate_limit_max_keys,
+        cache_max_bytes: args.observability.cache_max_bytes,
+        access_log: args.observability.access_log()?,
+        telemetry: args.observability.telemetry()?,
         ..DataplaneConfig::default()
     };
     let listeners = Listeners::bind(&config)

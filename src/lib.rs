@@ -9,5 +9,6 @@ pub mod demo;
 pub mod docs;
 pub mod explain;
 pub mod manifests;
+pub mod observability_args;
 pub mod serve;
 pub mod validate;

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Rate-limit settings.
     #[command(flatten)]
     pub rate_limits: RateLimitArgs,
+    /// Response cache, access log and trace settings.
+    #[command(flatten)]
+    pub observability: crate::observability_args::ObservabilityArgs,
 }
 
 /// Rate-limit settings, shared by `serve` and `dataplane`.
@@ -162,6 +165,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_url: args.rate_limits.redis_url()?,
         redis_timeout: args.rate_limits.redis_timeout,
         rate_limit_max_keys: args.rate_limits.rate_limit_max_keys,
+        cache_max_bytes: args.observability.cache_max_bytes,
+        access_log: args.observability.access_log()?,
+        telemetry: args.observability.telemetry()?,
         ..DataplaneConfig::default()
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -1,5 +1,7 @@
 //! The admin listener (default 127.0.0.1:9901): `/healthz`, `/readyz`,
-//! `/config` and `/metrics`. Bound to loopback by default: it shows the
+//! `/config`, `/metrics`, and `POST /cache/purge?prefix=...` (removes the
+//! cached responses whose key starts with the prefix: `host/path...`,
+//! percent-decoded; an empty prefix purges everything). Bound to loopback by default: it shows the
 //! configuration summary and is not meant for the public.
 
 use crate::Shared;
@@ -68,9 +70,56 @@ async fn handle(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             shared.metrics.render(),
         ),
+        "/cache/purge" => purge(&req, &shared).await,
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(response)
+}
+
+/// `POST /cache/purge?prefix=host/path`: removes cached responses by key
+/// prefix and says how many.
+async fn purge(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    if req.method() != http::Method::POST {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST /cache/purge?prefix=host/path\n".into(),
+        );
+    }
+    let prefix = req.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("prefix="))
+            .map(percent_decode)
+    });
+    let Some(Some(prefix)) = prefix else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "prefix is required (percent-encoded; prefix= with nothing purges everything)\n".into(),
+        );
+    };
+    let purged = shared.cache.purge(&prefix).await;
+    let body = serde_json::json!({ "prefix": prefix, "purged": purged });
+    respond(StatusCode::OK, "application/json", format!("{body}\n"))
+}
+
+/// Decodes `%XX` escapes; `None` for malformed escapes or non-UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.

@@ -19,21 +19,27 @@
 //! - The admin listener serves `/healthz`, `/readyz`, `/config`,
 //!   `/metrics`.
 
+pub mod accesslog;
 pub mod admin;
+pub mod aggregate;
 pub mod auth;
 pub mod balance;
 pub mod body;
+pub mod cache;
 pub mod client;
 pub mod device;
 pub mod error;
+pub mod filters;
 pub mod health;
 pub mod metrics;
+pub mod observe;
 pub mod persist;
 pub mod proxy;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod table;
+pub mod telemetry;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
@@ -109,6 +115,12 @@ pub struct DataplaneConfig {
     pub redis_timeout: std::time::Duration,
     /// Most keys the local rate limiter tracks (about 40 bytes each).
     pub rate_limit_max_keys: usize,
+    /// Total size of the response cache.
+    pub cache_max_bytes: u64,
+    /// The access log.
+    pub access_log: accesslog::AccessLogConfig,
+    /// Trace export.
+    pub telemetry: telemetry::TelemetryConfig,
 }
 
 impl Default for DataplaneConfig {
@@ -123,6 +135,9 @@ impl Default for DataplaneConfig {
             redis_url: None,
             redis_timeout: std::time::Duration::from_millis(100),
             rate_limit_max_keys: 1_000_000,
+            cache_max_bytes: cache::DEFAULT_MAX_BYTES,
+            access_log: accesslog::AccessLogConfig::default(),
+            telemetry: telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -150,6 +165,12 @@ pub struct Shared {
     pub auth: auth::AuthState,
     /// Rate-limit counters kept across snapshots, and Redis.
     pub limits: ratelimit::LimitState,
+    /// The response cache (kept across snapshots).
+    pub cache: cache::Store,
+    /// The access log.
+    pub access_log: accesslog::AccessLog,
+    /// Trace export.
+    pub telemetry: telemetry::Telemetry,
     /// A snapshot has been loaded.
     pub ready: AtomicBool,
     apply_lock: Mutex<()>,
@@ -182,6 +203,17 @@ impl Dataplane {
         let limits = ratelimit::LimitState::new(&config);
         let table = Table::empty(&clients, &metrics, &auth)?;
         let tls = Arc::new(tls::SwappableResolver::new(table.tls.clone()));
+        let cache = cache::Store::new(
+            config.cache_max_bytes,
+            metrics.cache_bytes.clone(),
+            metrics.cache_entries.clone(),
+        );
+        let access_log =
+            accesslog::AccessLog::new(&config.access_log, metrics.access_log_lines.clone());
+        let telemetry = telemetry::Telemetry::new(&config.telemetry).unwrap_or_else(|error| {
+            eprintln!("error: {error}; traces are not exported");
+            telemetry::Telemetry::disabled()
+        });
         Ok(Dataplane {
             shared: Arc::new(Shared {
                 config,
@@ -191,6 +223,9 @@ impl Dataplane {
                 metrics,
                 auth,
                 limits,
+                cache,
+                access_log,
+                telemetry,
                 ready: AtomicBool::new(false),
                 apply_lock: Mutex::new(()),
             }),
@@ -207,6 +242,7 @@ impl Dataplane {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = shared.table.load_full();
         let version = snapshot.version;
+        let started = std::time::Instant::now();
         let built = Table::build(
             Arc::new(snapshot),
             &shared.clients,
@@ -217,8 +253,26 @@ impl Dataplane {
         match built {
             Ok(table) => {
                 let resolver = table.tls.clone();
+                let certificates: Vec<(String, i64)> = table
+                    .snapshot
+                    .certificates
+                    .iter()
+                    .map(|c| (c.name.clone(), c.not_after))
+                    .collect();
                 shared.table.store(Arc::new(table));
                 shared.tls.store(resolver);
+                shared
+                    .metrics
+                    .snapshot_apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                shared.metrics.certificate_expiry.clear();
+                for (name, not_after) in certificates {
+                    shared
+                        .metrics
+                        .certificate_expiry
+                        .get_or_create(&metrics::CertificateLabels { certificate: name })
+                        .set(not_after);
+                }
                 shared.metrics.snapshot_version.set(version);
                 shared.metrics.snapshot_applied.inc();
                 shared.ready.store(true, Ordering::Release);

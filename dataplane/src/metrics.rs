@@ -7,8 +7,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
 
 /// Labels of per-route request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +28,58 @@ pub struct RouteLabels {
 pub struct ClusterLabels {
     /// Cluster name.
     pub cluster: String,
+}
+
+/// Labels of the request duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    /// `namespace/name` of the ApiRoute, or `none`.
+    pub route: String,
+    /// Rule name, or `none`.
+    pub rule: String,
+    /// `1xx` to `5xx`.
+    pub status_class: String,
+    /// `mobile`, `tablet`, `desktop` or `bot`.
+    pub device: String,
+}
+
+/// Labels of per-route filter counters (cache, transform, aggregate).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `namespace/name` of the ApiRoute.
+    pub route: String,
+    /// Rule name.
+    pub rule: String,
+    /// What happened (a fixed set of values per metric).
+    pub result: String,
+}
+
+/// Labels of aggregate part counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabels {
+    /// `namespace/name` of the ApiRoute.
+    pub route: String,
+    /// Rule name.
+    pub rule: String,
+    /// Part name (from the rule).
+    pub part: String,
+    /// `ok`, `timeout`, `error`, `status` or `invalid`.
+    pub result: String,
+}
+
+/// Labels of certificate gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `namespace/name` of the TlsCertificate.
+    pub certificate: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
 }
 
 /// Labels of authentication and authorization refusals.
@@ -73,6 +127,33 @@ pub struct Metrics {
     pub auth_refusals: Family<AuthLabels, Counter>,
     /// Rate-limit decisions by policy, limit and decision.
     pub ratelimit_decisions: Family<RateLimitLabels, Counter>,
+    /// Request durations (until the response head) by route, rule, status
+    /// class and device.
+    pub request_duration: HistogramFamily<DurationLabels>,
+    /// Upstream attempt durations by cluster.
+    pub upstream_duration: HistogramFamily<ClusterLabels>,
+    /// Upstream attempts that timed out, by cluster.
+    pub upstream_timeouts: Family<ClusterLabels, Counter>,
+    /// Cache lookups by route, rule and result (`hit`, `miss`,
+    /// `revalidated`, `collapsed`, `bypass`).
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    /// Responses not stored, by route, rule and reason.
+    pub cache_not_stored: Family<ResultLabels, Counter>,
+    /// Bytes held by the response cache.
+    pub cache_bytes: Gauge,
+    /// Entries held by the response cache.
+    pub cache_entries: Gauge,
+    /// JSON transforms by route, rule and result (`applied`, `oversize`,
+    /// `invalid`, `encoding`, `no_transform`).
+    pub transforms: Family<ResultLabels, Counter>,
+    /// Aggregate part calls by route, rule, part and result.
+    pub aggregate_parts: Family<PartLabels, Counter>,
+    /// Time to build and swap in a snapshot.
+    pub snapshot_apply_seconds: Histogram,
+    /// Expiry (notAfter) of served certificates, Unix seconds.
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// Access log lines written.
+    pub access_log_lines: Counter,
 }
 
 impl Default for Metrics {
@@ -140,6 +221,81 @@ impl Default for Metrics {
             "Rate-limit decisions by policy, limit and decision (allowed, limited, shadow_limited, store_unavailable)",
             ratelimit_decisions.clone(),
         );
+        let request_duration: HistogramFamily<DurationLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request to the response head, by route, rule, status class and device",
+            request_duration.clone(),
+        );
+        let upstream_duration: HistogramFamily<ClusterLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending an upstream attempt to its response head",
+            upstream_duration.clone(),
+        );
+        let upstream_timeouts = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "upstream_timeouts",
+            "Upstream attempts that timed out",
+            upstream_timeouts.clone(),
+        );
+        let cache_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by result (hit, miss, revalidated, collapsed, bypass)",
+            cache_lookups.clone(),
+        );
+        let cache_not_stored = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cache_not_stored",
+            "Responses of caching rules that were not stored, by reason",
+            cache_not_stored.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the response cache",
+            cache_bytes.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries held by the response cache",
+            cache_entries.clone(),
+        );
+        let transforms = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "transforms",
+            "JSON response transforms by result (applied, or why the body passed unchanged)",
+            transforms.clone(),
+        );
+        let aggregate_parts = Family::<PartLabels, Counter>::default();
+        registry.register(
+            "aggregate_parts",
+            "Aggregate part calls by result",
+            aggregate_parts.clone(),
+        );
+        let snapshot_apply_seconds =
+            Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        registry.register(
+            "snapshot_apply_seconds",
+            "Time to build a routing table from a snapshot and swap it in",
+            snapshot_apply_seconds.clone(),
+        );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of each served certificate (Unix seconds); expiry in seconds is this minus time()",
+            certificate_expiry.clone(),
+        );
+        let access_log_lines = Counter::default();
+        registry.register(
+            "access_log_lines",
+            "Access log lines written (after sampling)",
+            access_log_lines.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -153,6 +309,18 @@ impl Default for Metrics {
             snapshot_failures,
             auth_refusals,
             ratelimit_decisions,
+            request_duration,
+            upstream_duration,
+            upstream_timeouts,
+            cache_lookups,
+            cache_not_stored,
+            cache_bytes,
+            cache_entries,
+            transforms,
+            aggregate_parts,
+            snapshot_apply_seconds,
+            certificate_expiry,
+            access_log_lines,
         }
     }
 }
@@ -165,5 +333,177 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Cache lookup results (the `result` label of `cache_lookups`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served from the cache.
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// A stale entry was revalidated by the upstream (304).
+    Revalidated,
+    /// Waited for a concurrent identical request, then served its answer.
+    Collapsed,
+    /// The request does not use the cache (method, Authorization, ...).
+    Bypass,
+}
+
+impl CacheResult {
+    const ALL: [CacheResult; 5] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::Revalidated,
+        CacheResult::Collapsed,
+        CacheResult::Bypass,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Revalidated => "revalidated",
+            CacheResult::Collapsed => "collapsed",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+}
+
+const DEVICES: [crds::DeviceClass; 4] = [
+    crds::DeviceClass::Mobile,
+    crds::DeviceClass::Tablet,
+    crds::DeviceClass::Desktop,
+    crds::DeviceClass::Bot,
+];
+
+fn device_index(device: crds::DeviceClass) -> usize {
+    match device {
+        crds::DeviceClass::Mobile => 0,
+        crds::DeviceClass::Tablet => 1,
+        crds::DeviceClass::Desktop => 2,
+        crds::DeviceClass::Bot => 3,
+    }
+}
+
+/// Per-route handles on the labelled metrics, built with the table and
+/// filled on first use: a route that never sees a tablet has no tablet
+/// series, and the request path does one array index instead of a label
+/// hash lookup.
+pub struct RouteMetrics {
+    route: String,
+    rule: String,
+    request_duration: HistogramFamily<DurationLabels>,
+    durations: [OnceLock<Histogram>; 20],
+    cache_lookups: Family<ResultLabels, Counter>,
+    cache: [OnceLock<Counter>; 5],
+    cache_not_stored: Family<ResultLabels, Counter>,
+    transforms: Family<ResultLabels, Counter>,
+    aggregate_parts: Family<PartLabels, Counter>,
+}
+
+impl RouteMetrics {
+    /// Handles for route `route` (`namespace/name`) and rule `rule`.
+    pub fn new(metrics: &Metrics, route: &str, rule: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_owned(),
+            rule: rule.to_owned(),
+            request_duration: metrics.request_duration.clone(),
+            durations: Default::default(),
+            cache_lookups: metrics.cache_lookups.clone(),
+            cache: Default::default(),
+            cache_not_stored: metrics.cache_not_stored.clone(),
+            transforms: metrics.transforms.clone(),
+            aggregate_parts: metrics.aggregate_parts.clone(),
+        }
+    }
+
+    /// Records a finished request.
+    pub fn observe(&self, status: http::StatusCode, device: crds::DeviceClass, seconds: f64) {
+        let class = usize::from((status.as_u16() / 100).clamp(1, 5)) - 1;
+        let index = class * 4 + device_index(device);
+        if let Some(slot) = self.durations.get(index) {
+            slot.get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&DurationLabels {
+                        route: self.route.clone(),
+                        rule: self.rule.clone(),
+                        status_class: format!("{}xx", class + 1),
+                        device: DEVICES[index % 4].as_str().to_owned(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+        }
+    }
+
+    /// Counts a cache lookup.
+    pub fn cache(&self, result: CacheResult) {
+        let index = CacheResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.cache[index]
+            .get_or_init(|| {
+                self.cache_lookups
+                    .get_or_create(&ResultLabels {
+                        route: self.route.clone(),
+                        rule: self.rule.clone(),
+                        result: result.as_str().to_owned(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// Counts a response that was not stored (`reason` from a fixed set).
+    pub fn not_stored(&self, reason: &'static str) {
+        self.cache_not_stored
+            .get_or_create(&ResultLabels {
+                route: self.route.clone(),
+                rule: self.rule.clone(),
+                result: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a transform (`result` from a fixed set).
+    pub fn transform(&self, result: &'static str) {
+        self.transforms
+            .get_or_create(&ResultLabels {
+                route: self.route.clone(),
+                rule: self.rule.clone(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an aggregate part call.
+    pub fn part(&self, part: &str, result: &'static str) {
+        self.aggregate_parts
+            .get_or_create(&PartLabels {
+                route: self.route.clone(),
+                rule: self.rule.clone(),
+                part: part.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Duration histograms of requests no route matched.
+pub struct UnmatchedMetrics(RouteMetrics);
+
+impl UnmatchedMetrics {
+    /// Handles labelled route `none`, rule `none`.
+    pub fn new(metrics: &Metrics) -> UnmatchedMetrics {
+        UnmatchedMetrics(RouteMetrics::new(metrics, "none", "none"))
+    }
+
+    /// Records a finished request.
+    pub fn observe(&self, status: http::StatusCode, device: crds::DeviceClass, seconds: f64) {
+        self.0.observe(status, device, seconds);
     }
 }

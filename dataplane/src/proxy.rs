@@ -8,7 +8,10 @@
 //!              pick backend (weights) ─▶ pick endpoint (balancer, health)
 //!              ─▶ rewrite + headers ─▶ send (timeouts) ─▶ retry within budget
 //!              ─▶ response headers ─▶ (upgrade: splice both ways)
-//!      ─▶ metrics
+//!              (filters: cache lookup/coalescing before, JSON transform
+//!               and cache store after)
+//!           | aggregate: parts in parallel, JSON merged
+//!      ─▶ observe (duration histogram, access log, trace spans)
 //! ```
 //!
 //! The table is loaded once per request ([`arc_swap::ArcSwap::load_full`]),
@@ -35,8 +38,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Body of responses to clients: an upstream's body streamed through
-/// (trailers included), or one built here.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// (trailers included), or one built or buffered here (see [`crate::body`]).
+pub type Body = Either<Incoming, crate::body::LocalBody>;
 
 /// Bodies up to this size are buffered so that the request can be retried.
 const MAX_RETRY_BODY: u64 = 64 * 1024;
@@ -68,10 +71,59 @@ pub struct RequestInfo {
     pub organization: Option<Arc<str>>,
     /// What the rate-limit phase decided, when the route has limits.
     pub rate_limit: Option<crate::ratelimit::RateLimitOutcome>,
+    /// Index of the matched route in the table.
+    pub route_index: Option<usize>,
+    /// The request's trace context (propagated to upstreams).
+    pub trace: Option<crate::telemetry::TraceContext>,
+    /// Cache result, when the rule caches.
+    pub cache: Option<crate::metrics::CacheResult>,
+    /// Upstream attempts (forwarding) or part calls (aggregate), in order.
+    pub attempts: Vec<UpstreamAttempt>,
+    /// Error code when Ferrogate answered with an error.
+    pub error: Option<&'static str>,
+}
+
+impl RequestInfo {
+    /// Notes an upstream attempt (at most 32 are kept).
+    pub fn record_attempt(&mut self, attempt: UpstreamAttempt) {
+        if self.attempts.len() < 32 {
+            self.attempts.push(attempt);
+        }
+    }
+}
+
+/// One upstream attempt or aggregate part call, for logs and traces.
+pub struct UpstreamAttempt {
+    /// The cluster.
+    pub cluster: Arc<ClusterRuntime>,
+    /// Index of the endpoint in the cluster.
+    pub endpoint: usize,
+    /// The attempt's span (sent upstream in `traceparent`).
+    pub span_id: [u8; 8],
+    /// When it started.
+    pub start: std::time::SystemTime,
+    /// How long until the response head (or the failure).
+    pub duration: Duration,
+    /// The upstream's status.
+    pub status: Option<u16>,
+    /// Why it failed.
+    pub error: Option<&'static str>,
+}
+
+impl std::fmt::Debug for UpstreamAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamAttempt")
+            .field("cluster", &self.cluster.name)
+            .field("endpoint", &self.endpoint)
+            .field("duration", &self.duration)
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 fn full(bytes: Bytes) -> Body {
-    Either::Right(Full::new(bytes))
+    Either::Right(crate::body::LocalBody::full(bytes))
 }
 
 /// Serves one request. Never fails: errors become responses here.
@@ -83,6 +135,7 @@ pub async fn handle(
     let table = shared.table.load_full();
     let request_id = request_id(req.headers());
     let mut info = RequestInfo::default();
+    let started = crate::observe::Started::now(&req, &shared, &mut info);
     let result = serve(req, &conn, &shared, &table, &request_id, &mut info).await;
     let mut response = match result {
         Ok(response) => response,
@@ -90,6 +143,7 @@ pub async fn handle(
             if matches!(error.blame(), crate::error::Blame::Upstream) {
                 tracing::debug!(%error, request_id = %request_id, "upstream error");
             }
+            info.error = Some(error.code());
             error.to_response(&request_id).map(full)
         }
     };
@@ -101,6 +155,7 @@ pub async fn handle(
         response.headers_mut().insert("ratelimit", limit.clone());
     }
     table.count_request(info.labels.as_ref(), response.status());
+    crate::observe::finish(&shared, &table, started, &info, &request_id, &response);
     Ok(response)
 }
 
@@ -147,6 +202,7 @@ async fn serve(
     let runtime = table.route_runtime(found.entry.global_index());
     info.labels = Some((runtime.route_label.clone(), runtime.rule_label.clone()));
     info.device = Some(device);
+    info.route_index = Some(found.entry.global_index());
 
     if !conn.tls && route.https_redirect {
         return Ok(https_redirect(&host, req.uri(), shared.config.https_redirect_port));
@@ -187,7 +243,14 @@ async fn serve(
             prefix_len,
         )),
         Action::DirectResponse(direct) => Ok(direct_response(direct, route)),
-        Action::Aggregate(_) => Err(ProxyError::BadRequest("aggregate routes are not served yet")),
+        Action::Aggregate(aggregate) => {
+            let mut response =
+                crate::aggregate::serve(aggregate, req.headers(), runtime, request_id, info).await;
+            if let Some(changes) = &route.response_headers {
+                apply_header_changes(response.headers_mut(), changes);
+            }
+            Ok(response)
+        }
         Action::Forward(forward) => {
             prepare_upstream_headers(&mut req, conn, shared, &host, request_id);
             if let Some(changes) = &route.request_headers {
@@ -201,15 +264,35 @@ async fn serve(
                     }
                 }
             }
-            let mut response = forward_request(
-                req,
-                forward,
+            let filtered = crate::filters::Filtered {
+                route,
                 runtime,
-                conn,
-                &upstream_path,
-                query.as_deref(),
-            )
-            .await?;
+                store: &shared.cache,
+                device,
+                host: &host,
+                path: &path,
+                query: query.as_deref(),
+                request_timeout: Duration::from_millis(forward.timeouts.request_ms),
+            };
+            let trace = info.trace.clone();
+            let mut attempts = Vec::new();
+            let result = crate::filters::forward(filtered, req, &mut info.cache, |req| {
+                forward_request(
+                    req,
+                    forward,
+                    runtime,
+                    conn,
+                    &upstream_path,
+                    query.as_deref(),
+                    trace.as_ref(),
+                    &mut attempts,
+                )
+            })
+            .await;
+            for attempt in attempts {
+                info.record_attempt(attempt);
+            }
+            let mut response = result?;
             let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), upgraded);
             if let Some(changes) = &route.response_headers {
@@ -498,7 +581,9 @@ fn client_hash(req: &Request<UpstreamBody>, conn: &ConnInfo, key: &snapshot::mod
 }
 
 /// Sends the request to one of the route's clusters, retrying within the
-/// route's policy and the cluster's retry budget.
+/// route's policy and the cluster's retry budget. Each attempt carries a
+/// `traceparent` of its own and is noted in `attempts`.
+#[allow(clippy::too_many_arguments)]
 async fn forward_request(
     req: Request<Incoming>,
     forward: &Forward,
@@ -506,6 +591,8 @@ async fn forward_request(
     conn: &ConnInfo,
     path: &str,
     query: Option<&str>,
+    trace: Option<&crate::telemetry::TraceContext>,
+    attempts_made: &mut Vec<UpstreamAttempt>,
 ) -> Result<Response<Body>, ProxyError> {
     let cluster = runtime.pick_backend().ok_or(ProxyError::BackendUnavailable)?;
     let started = Instant::now();
@@ -577,14 +664,39 @@ async fn forward_request(
         tried = Some(endpoint);
         *upstream_req.uri_mut() = cluster.uri(endpoint, path, query)?;
         *upstream_req.version_mut() = http::Version::HTTP_11;
+        let span_id = crate::telemetry::new_span_id();
+        if let Some(trace) = trace {
+            trace.inject(upstream_req.headers_mut(), &span_id);
+        }
+        let attempt_start = std::time::SystemTime::now();
+        let attempt_started = Instant::now();
         cluster.count_attempt();
         let guard = cluster.begin(endpoint);
         let remaining = request_deadline.saturating_sub(started.elapsed());
         let timeout = attempt_timeout.min(remaining);
         let outcome = tokio::time::timeout(timeout, cluster.client.request(upstream_req)).await;
+        let elapsed = attempt_started.elapsed();
+        cluster.observe_attempt(elapsed.as_secs_f64());
+        attempts_made.push(UpstreamAttempt {
+            cluster: cluster.clone(),
+            endpoint,
+            span_id,
+            start: attempt_start,
+            duration: elapsed,
+            status: match &outcome {
+                Ok(Ok(response)) => Some(response.status().as_u16()),
+                _ => None,
+            },
+            error: match &outcome {
+                Err(_) => Some("upstream_timeout"),
+                Ok(Err(_)) => Some("upstream_failure"),
+                Ok(Ok(_)) => None,
+            },
+        });
         match outcome {
             Err(_) => {
                 guard.failure();
+                cluster.count_timeout();
                 last_error = ProxyError::UpstreamTimeout;
                 // A timed-out request may have reached the upstream: retry only
                 // what is safe to repeat.

@@ -9,7 +9,7 @@
 
 use crate::balance::{Balancer, Policy, WeightedSplit};
 use crate::health::{HealthTable, OutlierConfig};
-use crate::metrics::{ClusterLabels, Metrics, RouteLabels};
+use crate::metrics::{ClusterLabels, Metrics, RouteLabels, RouteMetrics, UnmatchedMetrics};
 use crate::router::{Router, RouterError};
 use crate::tls::{CertSource, SniResolver, TlsBuildError};
 use crate::upstream::{Clients, HttpClient};
@@ -66,6 +66,8 @@ pub struct ClusterRuntime {
     attempts: Counter,
     retries: Counter,
     ejections: Counter,
+    timeouts: Counter,
+    durations: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Tracks one attempt at an endpoint; reports its outcome to passive health
@@ -177,6 +179,16 @@ impl ClusterRuntime {
     pub fn count_attempt(&self) {
         self.attempts.inc();
     }
+
+    /// Counts an attempt that timed out.
+    pub fn count_timeout(&self) {
+        self.timeouts.inc();
+    }
+
+    /// Records how long an attempt took to its response head.
+    pub fn observe_attempt(&self, seconds: f64) {
+        self.durations.observe(seconds);
+    }
 }
 
 /// A retry taken from a cluster's budget.
@@ -200,6 +212,10 @@ pub struct RouteRuntime {
     pub auth: Option<Arc<crate::auth::AuthRuntime>>,
     /// The rate limits of this route.
     pub limits: Option<Arc<crate::ratelimit::RouteLimits>>,
+    /// Labelled metrics of this route and rule.
+    pub metrics: RouteMetrics,
+    /// The compiled JSON response transform.
+    pub trimmer: Option<crate::transform::Trimmer>,
 }
 
 impl RouteRuntime {
@@ -211,6 +227,11 @@ impl RouteRuntime {
             None => 0,
         };
         self.backends.get(index)?.clone()
+    }
+
+    /// The cluster of backend (or aggregate part) `index`.
+    pub fn backend(&self, index: usize) -> Option<&Arc<ClusterRuntime>> {
+        self.backends.get(index)?.as_ref()
     }
 }
 
@@ -226,6 +247,8 @@ pub struct Table {
     clusters: HashMap<String, Arc<ClusterRuntime>>,
     request_counters: HashMap<(Arc<str>, Arc<str>, u8), Counter>,
     unmatched_counters: [Counter; 5],
+    /// Duration histograms of requests no route matched.
+    pub unmatched: UnmatchedMetrics,
 }
 
 fn status_class(status: StatusCode) -> u8 {
@@ -312,8 +335,17 @@ impl Table {
                         };
                         (backends, split)
                     }
+                    Action::Aggregate(aggregate) => (
+                        aggregate
+                            .parts
+                            .iter()
+                            .map(|p| clusters.get(&p.cluster).cloned())
+                            .collect(),
+                        None,
+                    ),
                     _ => (Vec::new(), None),
                 };
+                let route_metrics = RouteMetrics::new(metrics, &route_label, &rule_label);
                 let missing = |policy: &str| BuildError::Policy {
                     policy: policy.to_owned(),
                     reason: format!("named by route {route_label} but not in the snapshot"),
@@ -338,6 +370,8 @@ impl Table {
                     split,
                     auth: route_auth,
                     limits: route_limits,
+                    metrics: route_metrics,
+                    trimmer: route.transform.as_ref().map(crate::transform::Trimmer::new),
                 });
             }
         }
@@ -359,6 +393,7 @@ impl Table {
             clusters,
             request_counters,
             unmatched_counters,
+            unmatched: UnmatchedMetrics::new(metrics),
         })
     }
 
@@ -483,5 +518,7 @@ fn build_cluster(
         attempts: metrics.upstream_attempts.get_or_create(&labels).clone(),
         retries: metrics.upstream_retries.get_or_create(&labels).clone(),
         ejections: metrics.upstream_ejections.get_or_create(&labels).clone(),
+        timeouts: metrics.upstream_timeouts.get_or_create(&labels).clone(),
+        durations: metrics.upstream_duration.get_or_create(&labels).clone(),
     })
 }

@@ -226,15 +226,19 @@ impl Trimmer {
         match coding {
             Coding::Identity => self.apply(body),
             Coding::Gzip => {
-                let plain = decode_limited(flate2::read::GzDecoder::new(body), self.max_body_bytes)?;
+                let plain =
+                    decode_limited(flate2::read::GzDecoder::new(body), self.max_body_bytes)?;
                 let trimmed = self.apply(&plain)?;
-                let mut encoder =
-                    flate2::write::GzEncoder::new(Vec::with_capacity(body.len()), flate2::Compression::new(6));
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(body.len()),
+                    flate2::Compression::new(6),
+                );
                 encoder.write_all(&trimmed).map_err(|_| Skip::Encoding)?;
                 encoder.finish().map_err(|_| Skip::Encoding)
             }
             Coding::Brotli => {
-                let plain = decode_limited(brotli::Decompressor::new(body, 4096), self.max_body_bytes)?;
+                let plain =
+                    decode_limited(brotli::Decompressor::new(body, 4096), self.max_body_bytes)?;
                 let trimmed = self.apply(&plain)?;
                 let mut out = Vec::with_capacity(body.len());
                 {
@@ -280,7 +284,11 @@ impl Trimmer {
     /// What happens to a value a non-terminal path goes through.
     fn descend<'c>(&self, value: &RawValue, child: &'c Child) -> Option<Emit<'c>> {
         let kind = first_byte(value);
-        let fits = if child.each { kind == b'[' } else { kind == b'{' };
+        let fits = if child.each {
+            kind == b'['
+        } else {
+            kind == b'{'
+        };
         match (fits, self.mode) {
             (true, _) if child.each => Some(Emit::Each(child)),
             (true, _) => Some(Emit::Object(child)),
@@ -321,6 +329,17 @@ enum Emit<'c> {
 
 fn first_byte(raw: &RawValue) -> u8 {
     raw.get().as_bytes().first().copied().unwrap_or(b' ')
+}
+
+/// Decodes a `gzip` or `br` body, refusing more than `limit` decoded
+/// bytes. Identity bodies are copied.
+pub fn decode(body: &[u8], coding: Coding, limit: usize) -> Result<Vec<u8>, Skip> {
+    match coding {
+        Coding::Identity if body.len() > limit => Err(Skip::TooLarge),
+        Coding::Identity => Ok(body.to_vec()),
+        Coding::Gzip => decode_limited(flate2::read::GzDecoder::new(body), limit),
+        Coding::Brotli => decode_limited(brotli::Decompressor::new(body, 4096), limit),
+    }
 }
 
 /// Reads at most `limit` decoded bytes.
@@ -418,7 +437,10 @@ mod tests {
 
     #[test]
     fn removes_top_level_nested_and_array_paths() {
-        let t = trimmer(&["secret", "a.b.c", "items[].internal", "items[].meta.x"], &[]);
+        let t = trimmer(
+            &["secret", "a.b.c", "items[].internal", "items[].meta.x"],
+            &[],
+        );
         let input = json!({
             "secret": 1, "id": 7,
             "a": {"b": {"c": 1, "d": 2}, "e": 3},
@@ -566,7 +588,10 @@ mod tests {
         gz.write_all(&vec![b' '; 10 << 20]).unwrap();
         let gz = gz.finish().unwrap();
         assert!(gz.len() < 100_000);
-        assert_eq!(t.apply_encoded(&gz, Coding::Gzip).unwrap_err(), Skip::TooLarge);
+        assert_eq!(
+            t.apply_encoded(&gz, Coding::Gzip).unwrap_err(),
+            Skip::TooLarge
+        );
     }
 
     #[test]

@@ -1,0 +1,624 @@
+//! The response filters around forwarding, in order: cache lookup (and
+//! coalescing), the upstream call, JSON transform, cache store, and the
+//! client's conditional request.
+//!
+//! ```text
+//!  request ─▶ cache lookup ── fresh hit ──────────────────────────────▶ (304?) ─▶ client
+//!                 │ miss / stale / bypass
+//!                 ▼
+//!             forward (proxy::forward_request: balancing, retries)
+//!                 ▼
+//!             transform (JSON, device classes) ─▶ cache store ─▶ (304?) ─▶ client
+//! ```
+//!
+//! A body is read into memory only when a filter needs it, and never past
+//! the filter's limit: larger bodies stream through unchanged (counted as
+//! `oversize` transforms and `too-large` cache refusals).
+//!
+//! The cache stores the response as served *after* the transform. When
+//! the transform only applies to some device classes, whether it applied
+//! is part of the cache key, so phones and desktops never get each other's
+//! body; such responses also carry `Vary: User-Agent, Sec-CH-UA-Mobile`
+//! for caches further down.
+
+use crate::body::{read_limited, LocalBody, ReadError};
+use crate::cache::policy::{self, Conditional, NotStored, RequestMode};
+use crate::cache::{self, Entry, Flight, Store};
+use crate::error::ProxyError;
+use crate::metrics::{CacheResult, RouteMetrics};
+use crate::proxy::Body;
+use crate::table::RouteRuntime;
+use crate::transform::{Coding, Skip, Trimmer};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use snapshot::model::{CachePolicy, Route};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The RFC 9211 `Cache-Status` header.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Longest a request waits for an identical one in flight.
+const MAX_COLLAPSE_WAIT: Duration = Duration::from_secs(30);
+
+/// What the filters need to know about the request.
+pub struct Filtered<'a> {
+    /// The matched route.
+    pub route: &'a Route,
+    /// Its runtime state (trimmer, metrics).
+    pub runtime: &'a RouteRuntime,
+    /// The dataplane's cache.
+    pub store: &'a Store,
+    /// Client device class.
+    pub device: crds::DeviceClass,
+    /// Request host (lowercase, no port).
+    pub host: &'a str,
+    /// Request path.
+    pub path: &'a str,
+    /// Request query.
+    pub query: Option<&'a str>,
+    /// Time the route's request may take, to bound waiting for another.
+    pub request_timeout: Duration,
+}
+
+/// The cache's part in one request.
+struct CacheStep<'a> {
+    policy: &'a CachePolicy,
+    primary: Arc<str>,
+    key: Arc<str>,
+    request: HeaderMap,
+    head: bool,
+    stale: Option<Arc<Entry>>,
+    _leader: Option<cache::LeaderGuard>,
+}
+
+/// Runs the filters around `send`, which forwards the request.
+pub async fn forward<F, Fut>(
+    f: Filtered<'_>,
+    mut req: Request<Incoming>,
+    cache_result: &mut Option<CacheResult>,
+    send: F,
+) -> Result<Response<Body>, ProxyError>
+where
+    F: FnOnce(Request<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    let trimmer = f
+        .runtime
+        .trimmer
+        .as_ref()
+        .filter(|t| t.applies_to(f.device));
+    let transformed = f
+        .runtime
+        .trimmer
+        .as_ref()
+        .filter(|t| t.device_specific())
+        .map(|_| trimmer.is_some());
+
+    let mut step = None;
+    if let Some(policy) = &f.route.cache {
+        match policy::request_mode(req.method(), req.headers(), policy) {
+            RequestMode::Bypass(reason) => {
+                f.runtime.metrics.cache(CacheResult::Bypass);
+                *cache_result = Some(CacheResult::Bypass);
+                let mut response = send(req).await?;
+                if let Ok(value) = HeaderValue::from_str(&format!(
+                    "ferrogate; fwd=bypass; detail={}",
+                    reason.as_str()
+                )) {
+                    response.headers_mut().insert(CACHE_STATUS, value);
+                }
+                return Ok(
+                    finish_transform(response, trimmer, transformed, &f.runtime.metrics)
+                        .await?
+                        .0,
+                );
+            }
+            mode => {
+                let primary = cache::primary_key(
+                    f.host,
+                    f.path,
+                    f.query,
+                    &format!(
+                        "{}/{}/{}",
+                        f.route.id.namespace, f.route.id.name, f.route.id.rule
+                    ),
+                    policy.key_device.then_some(f.device),
+                    transformed,
+                    &policy.key_headers,
+                    req.headers(),
+                );
+                let mut collapsed = false;
+                let mut leader = None;
+                let stale: Option<Arc<Entry>>;
+                loop {
+                    let key = f.store.full_key(&primary, req.headers()).await;
+                    let now = SystemTime::now();
+                    let found = f.store.get(&key).await;
+                    if let Some(entry) = &found {
+                        if mode == RequestMode::Lookup && entry.is_fresh(now) {
+                            let result = if collapsed {
+                                CacheResult::Collapsed
+                            } else {
+                                CacheResult::Hit
+                            };
+                            f.runtime.metrics.cache(result);
+                            *cache_result = Some(result);
+                            let status = if collapsed {
+                                format!(
+                                    "ferrogate; fwd=miss; collapsed; ttl={}",
+                                    entry.ttl(now).as_secs()
+                                )
+                            } else {
+                                format!("ferrogate; hit; ttl={}", entry.ttl(now).as_secs())
+                            };
+                            return Ok(serve_entry(
+                                entry,
+                                req.headers(),
+                                req.method() == Method::HEAD,
+                                now,
+                                &status,
+                                transformed,
+                            ));
+                        }
+                    }
+                    if collapsed || mode == RequestMode::Revalidate {
+                        // Waited once already, or the client wants the origin.
+                        stale = found.filter(|e| e.has_validator());
+                        break;
+                    }
+                    match f.store.join(&key) {
+                        Flight::Leader(guard) => {
+                            leader = Some(guard);
+                            stale = found.filter(|e| e.has_validator());
+                            break;
+                        }
+                        Flight::Follower(mut done) => {
+                            let wait = f.request_timeout.min(MAX_COLLAPSE_WAIT);
+                            let _ = tokio::time::timeout(wait, done.changed()).await;
+                            collapsed = true;
+                        }
+                    }
+                }
+                let key = f.store.full_key(&primary, req.headers()).await;
+                let request = req.headers().clone();
+                strip_conditionals(req.headers_mut());
+                if let Some(entry) = &stale {
+                    if let Some(etag) = &entry.upstream_etag {
+                        req.headers_mut()
+                            .insert(header::IF_NONE_MATCH, etag.clone());
+                    }
+                    if let Some(modified) = &entry.upstream_last_modified {
+                        req.headers_mut()
+                            .insert(header::IF_MODIFIED_SINCE, modified.clone());
+                    }
+                }
+                step = Some(CacheStep {
+                    policy,
+                    primary,
+                    key,
+                    head: req.method() == Method::HEAD,
+                    request,
+                    stale,
+                    _leader: leader,
+                });
+            }
+        }
+    }
+
+    let request_time = SystemTime::now();
+    let response = send(req).await?;
+    let Some(step) = step else {
+        return Ok(
+            finish_transform(response, trimmer, transformed, &f.runtime.metrics)
+                .await?
+                .0,
+        );
+    };
+    let response_time = SystemTime::now();
+
+    // Revalidation: the upstream says the stored entry is still good.
+    if let (Some(entry), StatusCode::NOT_MODIFIED) = (&step.stale, response.status()) {
+        let refreshed = refresh(
+            entry,
+            response.headers(),
+            step.policy,
+            request_time,
+            response_time,
+        );
+        f.runtime.metrics.cache(CacheResult::Revalidated);
+        *cache_result = Some(CacheResult::Revalidated);
+        let status = format!(
+            "ferrogate; fwd=stale; fwd-status=304; ttl={}",
+            refreshed
+                .as_ref()
+                .map_or(0, |e| e.ttl(response_time).as_secs())
+        );
+        let served = match refreshed {
+            Some(entry) => {
+                let vary = policy::vary_names(&entry.headers).unwrap_or_default();
+                let response = serve_entry(
+                    &entry,
+                    &step.request,
+                    step.head,
+                    response_time,
+                    &status,
+                    transformed,
+                );
+                f.store
+                    .insert(&step.primary, &vary, &step.request, entry)
+                    .await;
+                response
+            }
+            None => {
+                f.store.remove(&step.key).await;
+                serve_entry(
+                    entry,
+                    &step.request,
+                    step.head,
+                    response_time,
+                    &status,
+                    transformed,
+                )
+            }
+        };
+        return Ok(served);
+    }
+
+    f.runtime.metrics.cache(CacheResult::Miss);
+    *cache_result = Some(CacheResult::Miss);
+    let storable = if step.head {
+        Err(NotStored::Status)
+    } else {
+        policy::storable(response.status(), response.headers(), step.policy)
+    };
+    let fwd_status = response.status().as_u16();
+    let freshness = match storable {
+        Ok(freshness) => freshness,
+        Err(reason) => {
+            f.runtime.metrics.not_stored(reason.as_str());
+            let (mut response, _) =
+                finish_transform(response, trimmer, transformed, &f.runtime.metrics).await?;
+            set_status(
+                &mut response,
+                &format!(
+                    "ferrogate; fwd=miss; fwd-status={fwd_status}; detail={}",
+                    reason.as_str()
+                ),
+            );
+            return Ok(response);
+        }
+    };
+    let max_entry = usize::try_from(step.policy.max_entry_bytes).unwrap_or(usize::MAX);
+    let upstream_etag = response.headers().get(header::ETAG).cloned();
+    let upstream_last_modified = response.headers().get(header::LAST_MODIFIED).cloned();
+    let initial_age = policy::initial_age(response.headers(), request_time, response_time);
+    let (mut response, body) = finish_transform_buffered(
+        response,
+        trimmer,
+        transformed,
+        &f.runtime.metrics,
+        max_entry,
+    )
+    .await?;
+    let Some(body) = body else {
+        f.runtime.metrics.not_stored(NotStored::TooLarge.as_str());
+        set_status(
+            &mut response,
+            &format!("ferrogate; fwd=miss; fwd-status={fwd_status}; detail=too-large"),
+        );
+        return Ok(response);
+    };
+    let mut headers = response.headers().clone();
+    for name in [
+        header::AGE,
+        CACHE_STATUS,
+        HeaderName::from_static("x-request-id"),
+    ] {
+        headers.remove(name);
+    }
+    let vary = policy::vary_names(&headers).unwrap_or_default();
+    let entry = Entry {
+        status: response.status(),
+        headers,
+        body,
+        stored_at: response_time,
+        initial_age,
+        lifetime: freshness.lifetime,
+        upstream_etag,
+        upstream_last_modified,
+    };
+    let ttl = entry.ttl(response_time).as_secs();
+    let served = serve_entry(
+        &entry,
+        &step.request,
+        false,
+        response_time,
+        &format!("ferrogate; fwd=miss; fwd-status={fwd_status}; stored; ttl={ttl}"),
+        // Already set by the transform step.
+        None,
+    );
+    f.store
+        .insert(&step.primary, &vary, &step.request, entry)
+        .await;
+    Ok(served)
+}
+
+/// Drops the client's validators before a cacheable request goes
+/// upstream: the cache wants the full answer and evaluates the client's
+/// conditions itself.
+fn strip_conditionals(headers: &mut HeaderMap) {
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+}
+
+fn set_status(response: &mut Response<Body>, status: &str) {
+    if let Ok(value) = HeaderValue::from_str(status) {
+        response.headers_mut().insert(CACHE_STATUS, value);
+    }
+}
+
+/// Updates a stored entry with a 304's headers (RFC 9111 §4.3.4); `None`
+/// when the updated headers forbid storing.
+fn refresh(
+    entry: &Entry,
+    not_modified: &HeaderMap,
+    policy: &CachePolicy,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Option<Entry> {
+    let mut headers = entry.headers.clone();
+    let mut upstream_etag = entry.upstream_etag.clone();
+    let mut upstream_last_modified = entry.upstream_last_modified.clone();
+    for name in not_modified.keys() {
+        if matches!(
+            name.as_str(),
+            "content-length"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "age"
+        ) {
+            continue;
+        }
+        if name == header::ETAG {
+            upstream_etag = not_modified.get(name).cloned();
+            // The served ETag differs when the body was transformed.
+            if entry.headers.get(header::ETAG) != entry.upstream_etag.as_ref() {
+                continue;
+            }
+        }
+        if name == header::LAST_MODIFIED {
+            upstream_last_modified = not_modified.get(name).cloned();
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let freshness = policy::storable(entry.status, &headers, policy).ok()?;
+    Some(Entry {
+        status: entry.status,
+        headers,
+        body: entry.body.clone(),
+        stored_at: response_time,
+        initial_age: policy::initial_age(not_modified, request_time, response_time),
+        lifetime: freshness.lifetime,
+        upstream_etag,
+        upstream_last_modified,
+    })
+}
+
+/// A response from a stored entry: `Age`, `Cache-Status`, and 304 when
+/// the client's validators match.
+fn serve_entry(
+    entry: &Entry,
+    request: &HeaderMap,
+    head: bool,
+    now: SystemTime,
+    status: &str,
+    transformed: Option<bool>,
+) -> Response<Body> {
+    let not_modified = policy::evaluate_conditional(request, &entry.headers)
+        == Conditional::NotModified
+        && entry.status == StatusCode::OK;
+    let mut response = if not_modified {
+        let mut response = Response::new(Either::Right(LocalBody::full(Bytes::new())));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in &policy::NOT_MODIFIED_HEADERS {
+            for value in entry.headers.get_all(name) {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        response
+    } else {
+        let body = if head {
+            Bytes::new()
+        } else {
+            entry.body.clone()
+        };
+        let mut response = Response::new(Either::Right(LocalBody::full(body)));
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    if let Ok(value) = HeaderValue::from_str(status) {
+        headers.insert(CACHE_STATUS, value);
+    }
+    if transformed.is_some() && !not_modified {
+        add_device_vary(headers);
+    }
+    response
+}
+
+fn add_device_vary(headers: &mut HeaderMap) {
+    let present = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("sec-ch-ua-mobile"));
+    if !present {
+        headers.append(
+            header::VARY,
+            HeaderValue::from_static("User-Agent, Sec-CH-UA-Mobile"),
+        );
+    }
+}
+
+/// Whether the transform wants this response, judged by its head.
+fn wants_transform(response: &Response<Body>) -> Result<Coding, Option<Skip>> {
+    let status = response.status();
+    if !status.is_success()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::PARTIAL_CONTENT
+    {
+        return Err(None);
+    }
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let mime = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        })
+        .unwrap_or(false);
+    if !json {
+        return Err(None);
+    }
+    if policy::directives(response.headers()).no_transform {
+        return Err(None);
+    }
+    Coding::parse(
+        response
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(HeaderValue::as_bytes),
+    )
+    .ok_or(Some(Skip::Encoding))
+}
+
+/// Transform only (no cache store): streams when the transform does not
+/// apply. Returns the response and, when it was read, its final body.
+async fn finish_transform(
+    response: Response<Body>,
+    trimmer: Option<&Trimmer>,
+    transformed: Option<bool>,
+    metrics: &RouteMetrics,
+) -> Result<(Response<Body>, Option<Bytes>), ProxyError> {
+    finish_transform_buffered(response, trimmer, transformed, metrics, 0).await
+}
+
+/// Applies the transform, and reads the body when it has at most
+/// `keep_limit` bytes (for the cache). Returns the body when it was read
+/// whole.
+async fn finish_transform_buffered(
+    response: Response<Body>,
+    trimmer: Option<&Trimmer>,
+    transformed: Option<bool>,
+    metrics: &RouteMetrics,
+    keep_limit: usize,
+) -> Result<(Response<Body>, Option<Bytes>), ProxyError> {
+    let mut coding = None;
+    if let Some(trimmer) = trimmer {
+        match wants_transform(&response) {
+            Ok(c) => coding = Some((trimmer, c)),
+            Err(Some(skip)) => metrics.transform(skip.as_str()),
+            Err(None) => {
+                if policy::directives(response.headers()).no_transform {
+                    metrics.transform("no_transform");
+                }
+            }
+        }
+    }
+    let trim_limit = coding.map_or(0, |(t, _)| t.max_body_bytes);
+    let limit = trim_limit.max(keep_limit);
+    let (mut parts, body) = response.into_parts();
+    if transformed.is_some() && parts.status.is_success() {
+        add_device_vary(&mut parts.headers);
+    }
+    if limit == 0 {
+        return Ok((Response::from_parts(parts, body), None));
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        if coding.is_some() {
+            metrics.transform(Skip::TooLarge.as_str());
+        }
+        return Ok((Response::from_parts(parts, body), None));
+    }
+    let bytes = match body {
+        Either::Left(incoming) => match read_limited(incoming, limit).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge(rest)) => {
+                if coding.is_some() {
+                    metrics.transform(Skip::TooLarge.as_str());
+                }
+                return Ok((Response::from_parts(parts, Either::Right(rest)), None));
+            }
+            Err(ReadError::Failed(error)) => return Err(ProxyError::Upstream(error.to_string())),
+        },
+        Either::Right(LocalBody::Full(bytes)) => bytes.unwrap_or_default(),
+        Either::Right(other) => {
+            let body = Either::Right(other);
+            return Ok((Response::from_parts(parts, body), None));
+        }
+    };
+    let bytes = match coding {
+        Some((trimmer, coding)) if bytes.len() <= trimmer.max_body_bytes => {
+            match trimmer.apply_encoded(&bytes, coding) {
+                Ok(out) => {
+                    metrics.transform("applied");
+                    if let Some(etag) = parts
+                        .headers
+                        .get(header::ETAG)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        // Another representation than the upstream's: a
+                        // weak validator of its own.
+                        let opaque = etag.trim().trim_start_matches("W/").trim_matches('"');
+                        if let Ok(value) = HeaderValue::from_str(&format!("W/\"{opaque}-fg\"")) {
+                            parts.headers.insert(header::ETAG, value);
+                        }
+                    }
+                    Bytes::from(out)
+                }
+                Err(skip) => {
+                    metrics.transform(skip.as_str());
+                    bytes
+                }
+            }
+        }
+        Some(_) => {
+            metrics.transform(Skip::TooLarge.as_str());
+            bytes
+        }
+        None => bytes,
+    };
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let keep = (bytes.len() <= keep_limit).then(|| bytes.clone());
+    let body = Either::Right(LocalBody::full(bytes));
+    Ok((Response::from_parts(parts, body), keep))
+}
