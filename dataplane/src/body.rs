@@ -95,7 +95,10 @@ pub enum ReadError {
 /// dropped (JSON and cacheable responses do not use them).
 pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
     if body.size_hint().lower() > limit as u64 {
-        return Err(ReadError::TooLarge(LocalBody::Prefixed { prefix: None, rest: body }));
+        return Err(ReadError::TooLarge(LocalBody::Prefixed {
+            prefix: None,
+            rest: body,
+        }));
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
