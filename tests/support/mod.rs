@@ -30,6 +30,7 @@ pub struct Gateway {
     /// The manifests folder.
     pub dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -74,12 +75,20 @@ impl Gateway {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let out_lines = Arc::new(Mutex::new(Vec::new()));
+        let out_writer = out_lines.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
-            for _ in lines {}
+            // Everything after the listening line: the access log.
+            for line in lines.map_while(Result::ok) {
+                let mut out = out_writer.lock().expect("stdout lock");
+                if out.len() < 100_000 {
+                    out.push(line);
+                }
+            }
         });
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
@@ -105,7 +114,14 @@ impl Gateway {
             child,
             dir,
             log,
+            stdout: out_lines,
         }
+    }
+
+    /// Lines the gateway printed on stdout after its listening line (the
+    /// access log), so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lock").clone()
     }
 
     /// Everything the gateway printed on stderr so far.
