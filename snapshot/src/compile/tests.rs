@@ -1022,3 +1022,80 @@ fn the_streamed_hash_is_the_model_content_hash() {
     assert_eq!(c.snapshot.hash, c.snapshot.content_hash());
     assert_eq!(c.snapshot.version, 0);
 }
+
+#[test]
+fn limits_are_enforced_with_clear_errors() {
+    let regexes = |from: usize, to: usize| {
+        (from..to)
+            .map(|i| format!("{{path: {{type: RegularExpression, value: \"/r{i}/.*\"}}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rules = format!(
+        "  - {{name: a, matches: [{}], {URL}}}\n  - {{name: b, matches: [{}], {URL}}}\n  - {{name: c, matches: [{}], {URL}}}",
+        regexes(0, 16),
+        regexes(16, 32),
+        regexes(32, 33),
+    );
+    let many = route("many", "2025-01-01T00:00:00Z", "a.example.com", &rules);
+    let c = run(&many);
+    let s = status(&c, "ApiRoute", "default", "many");
+    assert!(!s.is_accepted());
+    assert!(
+        s.problems.iter().any(|p| p.field == "spec.rules"
+            && p.message == "33 regular expressions in all matches; at most 32"),
+        "{:#?}",
+        s.problems
+    );
+    let big = route(
+        "big",
+        "2025-01-01T00:00:00Z",
+        "b.example.com",
+        &format!("  - {{matches: [{{path: {{type: RegularExpression, value: \"(a{{100}}){{100}}\"}}}}], {URL}}}"),
+    );
+    let c = run(&big);
+    let s = status(&c, "ApiRoute", "default", "big");
+    assert_eq!(s.problems[0].reason, "InvalidRegex");
+    assert!(
+        s.problems[0].message.contains("too large"),
+        "{:?}",
+        s.problems
+    );
+}
+
+#[test]
+fn forward_auth_to_a_service_uses_its_cluster_ip() {
+    let yaml = [
+        SERVICES.to_owned(),
+        POLICY_ROUTES.replace("namespace: default", "namespace: shop"),
+        policy(
+            "AuthPolicy",
+            "fwd",
+            "2025-01-01T00:00:00Z",
+            "[{name: shop}]",
+            "  authentication:\n    methods: [{forward: {service: {name: products, port: 80, path: /check}}}]",
+        )
+        .replace("namespace: default", "namespace: shop"),
+        policy(
+            "AuthPolicy",
+            "missing",
+            "2025-02-01T00:00:00Z",
+            "[{name: shop, sectionName: pay}]",
+            "  authentication:\n    methods: [{forward: {service: {name: nope, port: 80}}}]",
+        )
+        .replace("namespace: default", "namespace: shop"),
+    ]
+    .concat();
+    let c = run(&yaml);
+    let AuthMethodConfig::Forward(f) = &c.snapshot.auth_policies["shop/fwd"].methods[0] else {
+        panic!()
+    };
+    assert_eq!(f.url, "http://10.0.0.10:80/check");
+    assert_eq!(f.request_headers, ["authorization", "cookie"]);
+    // An unresolved forward-auth Service fails closed.
+    let missing = &c.snapshot.auth_policies["shop/missing"];
+    assert!(missing.methods.is_empty() && !missing.rules[0].allow);
+    let s = status(&c, "AuthPolicy", "shop", "missing");
+    assert!(s.is_accepted());
+    assert_eq!(cond(s, "ResolvedRefs").reason, "BackendNotFound");
+}
