@@ -243,6 +243,14 @@ impl Drop for DataplaneProcess {
     }
 }
 
+fn signal(process: &DataplaneProcess, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &process.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -385,6 +393,23 @@ async fn two_dataplanes_ack_serve_and_follow_changes() {
     })
     .await;
     assert_eq!(one.version(), 51);
+
+    // A frozen dataplane (its TCP connection stays open, nobody answers
+    // the pings) leaves the list after the keepalive timeout, and comes
+    // back when it thaws.
+    let frozen = Instant::now();
+    signal(&one, "-STOP");
+    wait_for(Duration::from_secs(15), "frozen dp-1 to leave", || {
+        state(&tracker, "dp-1").is_none()
+    })
+    .await;
+    println!("frozen dataplane dropped after {:?}", frozen.elapsed());
+    assert!(state(&tracker, "dp-2").is_some());
+    signal(&one, "-CONT");
+    wait_for(Duration::from_secs(15), "thawed dp-1 to come back", || {
+        acked(&tracker, &["dp-1"], 51)
+    })
+    .await;
 
     // A dataplane that dies without a word leaves the list.
     one.kill();
@@ -687,4 +712,129 @@ fn certgen_is_idempotent_and_keys_are_private() {
     assert_eq!(stdout.matches("\"issued\"").count(), 1, "{stdout}");
     assert!(stdout.contains("server.crt\"}") || stdout.contains("server.crt"));
     assert_eq!(read(dir.path(), "ca.crt"), before[0]);
+}
+
+/// A hand-written stream client (with the trusted client certificate)
+/// that stops reading: the server must keep at most a frame or two for it
+/// and, when it reads again, jump to the newest version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_skips_to_the_newest_snapshot() {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    let certs = certgen();
+    let (publisher, tracker) = Publisher::new();
+    let server = StreamServer::start(
+        certs.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+        &publisher,
+        &tracker,
+    );
+    // About 100 KB of JSON per snapshot, more than the reader's 64 KiB
+    // HTTP/2 window.
+    let big = |version: u64| {
+        let mut snapshot = Snapshot {
+            version,
+            ..Snapshot::default()
+        };
+        for i in 0..3000 {
+            snapshot
+                .generations
+                .insert(format!("ApiRoute/default/route-{i:05}"), version as i64);
+        }
+        snapshot.seal();
+        Arc::new(snapshot)
+    };
+    publisher.publish(big(1));
+
+    let pem = |name: &str| std::fs::read(certs.path().join(name)).expect("pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(&pem("ca.crt")) {
+        roots.add(der.expect("pem")).expect("root");
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&pem("client.crt"))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem("client.key")).expect("key");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("TLS");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2");
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "https://localhost:{}/v1/stream?dataplane=slow",
+        server.addr.port()
+    ))
+    .body(http_body_util::Empty::new())
+    .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut buffer = Vec::new();
+    let mut next_version = async || -> u64 {
+        loop {
+            if buffer.len() >= 4 {
+                let len = u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+                if buffer.len() >= 4 + len {
+                    let frame: serde_json::Value =
+                        serde_json::from_slice(&buffer[4..4 + len]).expect("frame JSON");
+                    buffer.drain(..4 + len);
+                    return frame["snapshot"]["version"].as_u64().expect("version");
+                }
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("a frame in time")
+                .expect("stream open")
+                .expect("data");
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+            }
+        }
+    };
+    assert_eq!(
+        next_version().await,
+        1,
+        "the current snapshot comes at once"
+    );
+
+    // Not reading while 200 versions are published.
+    for version in 2..=201 {
+        publisher.publish(big(version));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = Vec::new();
+    loop {
+        let version = next_version().await;
+        seen.push(version);
+        if version == 201 {
+            break;
+        }
+    }
+    println!("after a pause over 200 publishes the slow reader got versions {seen:?}");
+    // At most three older frames were already in flight (queue, hyper,
+    // HTTP/2 window); everything else was skipped.
+    assert!(seen.len() <= 4, "the backlog was queued: {seen:?}");
+    assert!(state(&tracker, "slow").is_some());
 }

@@ -45,11 +45,13 @@
 //!
 //! # Bounds
 //!
-//! - Per dataplane at most one frame waits in the session's queue and one in
-//!   HTTP/2's send buffer; newer snapshots replace older unsent ones
-//!   (`tokio::sync::watch`), so memory never grows with a slow consumer.
+//! - Per dataplane at most three older frames are in flight (one in the
+//!   session's queue, one taken by hyper waiting for flow-control window,
+//!   one in HTTP/2's send buffer); newer snapshots replace older unsent ones
+//!   (`tokio::sync::watch`), so memory never grows with a slow consumer, and
+//!   when it reads again it jumps to the newest version.
 //! - Each snapshot is serialized once, by the first session that sends it,
-//!   and the bytes are shared by all sessions.
+//!   and the bytes (reference-counted) are shared by all sessions.
 //! - At most [`StreamOptions::max_dataplanes`] streams (503 beyond), and at
 //!   most that many plus 64 connections, including TLS handshakes, which
 //!   time out after 10 s.
@@ -652,7 +654,9 @@ impl SessionTask {
             let mut decoder = FrameDecoder::new(MAX_ANSWER_BYTES);
             loop {
                 let frame = match answers.frame().await {
-                    None => return "the dataplane closed the stream".to_owned(),
+                    // A half-closed request (no more answers) still reads
+                    // snapshots; its departure shows on the response side.
+                    None => return std::future::pending::<String>().await,
                     Some(Err(error)) => return format!("stream error: {error}"),
                     Some(Ok(frame)) => frame,
                 };
@@ -675,6 +679,7 @@ impl SessionTask {
         let reason: String = tokio::select! {
             reason = writer => reason.to_owned(),
             reason = reader => reason,
+            _ = frames.closed() => "the dataplane went away".to_owned(),
             _ = replaced.notified() => "a newer stream took over this dataplane ID".to_owned(),
             _ = wait_true(&mut shutdown) => "the server is shutting down".to_owned(),
         };
