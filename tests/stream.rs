@@ -838,3 +838,110 @@ async fn a_slow_reader_skips_to_the_newest_snapshot() {
     assert!(seen.len() <= 4, "the backlog was queued: {seen:?}");
     assert!(state(&tracker, "slow").is_some());
 }
+
+/// `ferrogate certgen` in Kubernetes mode against a real kube-apiserver:
+/// three `kubernetes.io/tls` Secrets, untouched by a second run, and only
+/// the broken one replaced by a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certgen_writes_secrets_once() {
+    let api = testkit::KubeApiserver::start()
+        .await
+        .expect("kube-apiserver (scripts/test-deps.sh installs it)");
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: fg-system\n",
+    )
+    .expect("namespace");
+    let certgen = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrogate"))
+            .args([
+                "certgen",
+                "--namespace",
+                "fg-system",
+                "--secret-prefix",
+                "fg",
+            ])
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig_path())
+            .output()
+            .expect("certgen");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let versions = || {
+        api.kubectl(&[
+            "get",
+            "secrets",
+            "-n",
+            "fg-system",
+            "-l",
+            "app.kubernetes.io/managed-by=ferrogate-certgen",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.type}@{.metadata.resourceVersion} {end}",
+        ])
+        .expect("kubectl get")
+    };
+    let first = certgen();
+    assert_eq!(first.matches("\"created\"").count(), 3, "{first}");
+    let listed = versions();
+    for name in ["fg-ca", "fg-server", "fg-client"] {
+        assert!(
+            listed.contains(&format!("{name}=kubernetes.io/tls@")),
+            "{listed}"
+        );
+    }
+    let second = certgen();
+    assert_eq!(second.matches("\"kept\"").count(), 3, "{second}");
+    assert_eq!(versions(), listed, "a second run changes nothing");
+
+    // Break the client Secret (a key that does not match): only it is
+    // re-issued, from the same CA.
+    let other_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let patch = serde_json::json!({ "stringData": { "tls.key": other_key } }).to_string();
+    api.kubectl(&[
+        "patch",
+        "secret",
+        "fg-client",
+        "-n",
+        "fg-system",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ])
+    .expect("patch");
+    let third = certgen();
+    assert!(
+        third.contains("secret/fg-system/fg-client\"") && third.contains("\"replaced\""),
+        "{third}"
+    );
+    assert_eq!(third.matches("\"kept\"").count(), 2, "{third}");
+    let server_ca = api
+        .kubectl(&[
+            "get",
+            "secret",
+            "fg-server",
+            "-n",
+            "fg-system",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+        .expect("get");
+    let client_ca = api
+        .kubectl(&[
+            "get",
+            "secret",
+            "fg-client",
+            "-n",
+            "fg-system",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+        .expect("get");
+    assert_eq!(server_ca, client_ca, "one CA for both sides");
+}
