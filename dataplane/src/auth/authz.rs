@@ -186,9 +186,8 @@ pub fn claim_holds(claims: &Value, check: &ClaimCheck) -> bool {
             claim_text(value).is_some_and(|v| check.values.first().is_some_and(|x| *x == v))
         }
         ClaimOperator::OneOf => claim_text(value).is_some_and(|v| check.values.contains(&v)),
-        ClaimOperator::Prefix => {
-            claim_text(value).is_some_and(|v| check.values.iter().any(|x| v.starts_with(x.as_str())))
-        }
+        ClaimOperator::Prefix => claim_text(value)
+            .is_some_and(|v| check.values.iter().any(|x| v.starts_with(x.as_str()))),
         ClaimOperator::Contains => match value {
             Value::Array(items) => items
                 .iter()
@@ -246,8 +245,16 @@ mod tests {
             ..rule("orgs", true)
         }])
         .expect("rules");
-        assert!(rules.decide(Some(&caller("A", &[], None)), &get("/")).allowed);
-        assert!(rules.decide(Some(&caller("B", &[], None)), &get("/")).allowed);
+        assert!(
+            rules
+                .decide(Some(&caller("A", &[], None)), &get("/"))
+                .allowed
+        );
+        assert!(
+            rules
+                .decide(Some(&caller("B", &[], None)), &get("/"))
+                .allowed
+        );
         let c = rules.decide(Some(&caller("C", &[], None)), &get("/"));
         assert!(!c.allowed);
         assert_eq!(c.rule, None);
@@ -300,23 +307,55 @@ mod tests {
             operator,
             values: values.iter().map(|v| v.to_string()).collect(),
         };
-        assert!(claim_holds(&claims, &c("tier", ClaimOperator::Equals, &["gold"])));
-        assert!(!claim_holds(&claims, &c("tier", ClaimOperator::Equals, &["silver", "gold"])));
-        assert!(claim_holds(&claims, &c("tier", ClaimOperator::OneOf, &["silver", "gold"])));
-        assert!(claim_holds(&claims, &c("scope", ClaimOperator::Contains, &["write"])));
-        assert!(claim_holds(&claims, &c("roles", ClaimOperator::Contains, &["b"])));
-        assert!(!claim_holds(&claims, &c("roles", ClaimOperator::Contains, &["c"])));
-        assert!(claim_holds(&claims, &c("email", ClaimOperator::Prefix, &["x@"])));
+        assert!(claim_holds(
+            &claims,
+            &c("tier", ClaimOperator::Equals, &["gold"])
+        ));
+        assert!(!claim_holds(
+            &claims,
+            &c("tier", ClaimOperator::Equals, &["silver", "gold"])
+        ));
+        assert!(claim_holds(
+            &claims,
+            &c("tier", ClaimOperator::OneOf, &["silver", "gold"])
+        ));
+        assert!(claim_holds(
+            &claims,
+            &c("scope", ClaimOperator::Contains, &["write"])
+        ));
+        assert!(claim_holds(
+            &claims,
+            &c("roles", ClaimOperator::Contains, &["b"])
+        ));
+        assert!(!claim_holds(
+            &claims,
+            &c("roles", ClaimOperator::Contains, &["c"])
+        ));
+        assert!(claim_holds(
+            &claims,
+            &c("email", ClaimOperator::Prefix, &["x@"])
+        ));
         assert!(claim_holds(&claims, &c("n", ClaimOperator::Equals, &["3"])));
-        assert!(!claim_holds(&claims, &c("missing", ClaimOperator::OneOf, &["x"])));
+        assert!(!claim_holds(
+            &claims,
+            &c("missing", ClaimOperator::OneOf, &["x"])
+        ));
         let rules = Rules::build(&[AuthzRule {
             claims: vec![c("tier", ClaimOperator::Equals, &["gold"])],
             ..rule("gold", true)
         }])
         .expect("rules");
-        assert!(rules.decide(Some(&caller("A", &[], Some(claims))), &get("/")).allowed);
+        assert!(
+            rules
+                .decide(Some(&caller("A", &[], Some(claims))), &get("/"))
+                .allowed
+        );
         // API-key identities carry no claims.
-        assert!(!rules.decide(Some(&caller("A", &[], None)), &get("/")).allowed);
+        assert!(
+            !rules
+                .decide(Some(&caller("A", &[], None)), &get("/"))
+                .allowed
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub struct PasswordCheck {
 
 impl Default for PasswordCheck {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         PasswordCheck {
             permits: tokio::sync::Semaphore::new(cores),
             outcomes: moka::sync::Cache::builder()
@@ -115,7 +117,11 @@ impl Basic {
     }
 
     /// Checks the credentials of an `Authorization: Basic ...` value.
-    pub async fn authenticate(&self, credential: &str, check: &PasswordCheck) -> Result<Identity, Reason> {
+    pub async fn authenticate(
+        &self,
+        credential: &str,
+        check: &PasswordCheck,
+    ) -> Result<Identity, Reason> {
         let (user, password) = parse(credential).ok_or(Reason::Malformed)?;
         let (hash, known) = match self.users.get(&user) {
             Some(hash) => (hash.clone(), true),
@@ -156,7 +162,10 @@ mod tests {
     #[test]
     fn credentials_are_parsed() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        assert_eq!(parse(&b64("alice:pw:with:colons")), Some(("alice".into(), "pw:with:colons".into())));
+        assert_eq!(
+            parse(&b64("alice:pw:with:colons")),
+            Some(("alice".into(), "pw:with:colons".into()))
+        );
         assert_eq!(parse(&b64(":pw")), None);
         assert_eq!(parse(&b64("nocolon")), None);
         assert_eq!(parse("!!!"), None);
@@ -188,10 +197,22 @@ mod tests {
         assert_eq!(basic.challenge, "Basic realm=\"shop\", charset=\"UTF-8\"");
         let check = PasswordCheck::default();
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let id = basic.authenticate(&b64("alice:pw"), &check).await.expect("ok");
+        let id = basic
+            .authenticate(&b64("alice:pw"), &check)
+            .await
+            .expect("ok");
         assert_eq!(id.consumer.as_deref(), Some("alice"));
         assert!(basic.authenticate(&b64("alice:pw"), &check).await.is_ok());
-        assert_eq!(basic.authenticate(&b64("alice:no"), &check).await.map(|_| ()), Err(Reason::BadPassword));
-        assert_eq!(basic.authenticate(&b64("bob:pw"), &check).await.map(|_| ()), Err(Reason::BadPassword));
+        assert_eq!(
+            basic
+                .authenticate(&b64("alice:no"), &check)
+                .await
+                .map(|_| ()),
+            Err(Reason::BadPassword)
+        );
+        assert_eq!(
+            basic.authenticate(&b64("bob:pw"), &check).await.map(|_| ()),
+            Err(Reason::BadPassword)
+        );
     }
 }

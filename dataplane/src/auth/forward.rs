@@ -73,7 +73,9 @@ pub struct Subject<'a> {
 
 fn names(list: &[String]) -> Result<Vec<HeaderName>, String> {
     list.iter()
-        .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("{h:?} is not a header name")))
+        .map(|h| {
+            HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("{h:?} is not a header name"))
+        })
         .collect()
 }
 
@@ -118,7 +120,10 @@ impl ForwardAuth {
             ("x-forwarded-method", subject.method.as_str().to_owned()),
             ("x-forwarded-uri", path),
             ("x-forwarded-host", subject.host.to_owned()),
-            ("x-forwarded-proto", if subject.tls { "https" } else { "http" }.to_owned()),
+            (
+                "x-forwarded-proto",
+                if subject.tls { "https" } else { "http" }.to_owned(),
+            ),
             ("x-forwarded-for", subject.client_ip.to_string()),
         ];
         for (name, value) in forwarded {
@@ -150,7 +155,11 @@ impl ForwardAuth {
                         .collect(),
                 ));
             }
-            let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await.ok()?.to_bytes();
+            let body = Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .ok()?
+                .to_bytes();
             let mut denial = Response::new(body);
             *denial.status_mut() = parts.status;
             for (name, value) in &parts.headers {

@@ -94,7 +94,10 @@ impl KeySet {
         let mut entries = Vec::new();
         let mut skipped = 0;
         for key in keys.iter().take(64) {
-            match serde_json::from_value::<Jwk>(key.clone()).ok().and_then(entry) {
+            match serde_json::from_value::<Jwk>(key.clone())
+                .ok()
+                .and_then(entry)
+            {
                 Some(e) => entries.push(e),
                 None => skipped += 1,
             }
@@ -283,22 +286,22 @@ impl JwksCache {
             match freshness(age, fetched.fresh_for, self.max_staleness) {
                 Freshness::Fresh => return Ok(fetched.keys.clone()),
                 Freshness::Stale => {
-                    if self.may_attempt(now, RETRY_AFTER_FAILURE) {
-                        self.spawn_refresh();
-                    }
+                    self.spawn_refresh();
                     return Ok(fetched.keys.clone());
                 }
                 Freshness::Expired => {}
             }
         }
-        // No usable keys: fetch now (one attempt a second at most).
-        if self.may_attempt(now, RETRY_AFTER_FAILURE) {
-            self.refresh().await;
-        }
+        // No usable keys: wait for a fetch in flight, or fetch now (one
+        // attempt a second at most).
+        self.refresh(RETRY_AFTER_FAILURE).await;
         match self.current.load_full() {
             Some(f)
-                if freshness(Instant::now().saturating_duration_since(f.at), f.fresh_for, self.max_staleness)
-                    != Freshness::Expired =>
+                if freshness(
+                    Instant::now().saturating_duration_since(f.at),
+                    f.fresh_for,
+                    self.max_staleness,
+                ) != Freshness::Expired =>
             {
                 Ok(f.keys.clone())
             }
@@ -308,20 +311,11 @@ impl JwksCache {
 
     /// A token named a `kid` the set does not have: refetch, at most once
     /// per cooldown. Returns the keys after the refetch, if one happened.
-    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, now: Instant) -> Option<Arc<KeySet>> {
-        if !self.may_attempt(now, kid_cooldown(self.cache_for)) {
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>) -> Option<Arc<KeySet>> {
+        if !self.refresh(kid_cooldown(self.cache_for)).await {
             return None;
         }
-        self.refresh().await;
         self.current.load_full().map(|f| f.keys.clone())
-    }
-
-    fn may_attempt(&self, now: Instant, spacing: Duration) -> bool {
-        let last = self
-            .last_attempt
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        last.is_none_or(|t| now.saturating_duration_since(t) >= spacing)
     }
 
     fn spawn_refresh(self: &Arc<Self>) {
@@ -332,7 +326,7 @@ impl JwksCache {
             Ok(handle) => {
                 let cache = self.clone();
                 handle.spawn(async move {
-                    cache.refresh().await;
+                    cache.refresh(RETRY_AFTER_FAILURE).await;
                     cache.refreshing.store(false, Ordering::Release);
                 });
             }
@@ -340,27 +334,43 @@ impl JwksCache {
         }
     }
 
-    /// One fetch (callers serialized); keeps the old keys on failure.
-    async fn refresh(&self) {
+    /// One fetch, unless another caller's fetch completed while this one
+    /// waited for its turn, or an attempt was made within `spacing`. Keeps
+    /// the old keys on failure. Returns whether the keys may have changed.
+    async fn refresh(&self, spacing: Duration) -> bool {
         let started = Instant::now();
         let _one_at_a_time = self.fetch_lock.lock().await;
-        // Another caller fetched while this one waited.
-        if let Some(f) = self.current.load_full() {
-            if f.at >= started {
-                return;
-            }
+        if self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|f| f.at >= started)
+        {
+            return true;
         }
-        *self
-            .last_attempt
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        {
+            let mut last = self
+                .last_attempt
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = Instant::now();
+            if last.is_some_and(|t| now.saturating_duration_since(t) < spacing) {
+                return false;
+            }
+            *last = Some(now);
+        }
         match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
-            Ok(Ok((body, cache_control))) => self.install(&body, cache_control.as_deref()),
+            Ok(Ok((body, cache_control))) => {
+                self.install(&body, cache_control.as_deref());
+                true
+            }
             Ok(Err(error)) => {
                 tracing::warn!(uri = %self.uri, %error, "JWKS fetch failed; keeping the cached keys");
+                false
             }
             Err(_) => {
                 tracing::warn!(uri = %self.uri, "JWKS fetch timed out; keeping the cached keys");
+                false
             }
         }
     }
@@ -459,7 +469,10 @@ mod tests {
         // P-256 only verifies ES256.
         assert_eq!(set.candidates(Algorithm::ES256, None).count(), 1);
         assert_eq!(set.candidates(Algorithm::ES384, None).count(), 0);
-        assert_eq!(set.candidates(Algorithm::RS256, Some("../../etc")).count(), 0);
+        assert_eq!(
+            set.candidates(Algorithm::RS256, Some("../../etc")).count(),
+            0
+        );
         assert!(set.has_kid("e1"));
     }
 

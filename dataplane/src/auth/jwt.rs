@@ -107,7 +107,9 @@ impl JwtProvider {
             .iter()
             .any(|a| (a.family() == jsonwebtoken::AlgorithmFamily::Hmac) != hmac)
         {
-            return Err("HS256/384/512 need an HMAC secret, and an HMAC secret only HS*".to_owned());
+            return Err(
+                "HS256/384/512 need an HMAC secret, and an HMAC secret only HS*".to_owned(),
+            );
         }
         let keys = match &config.keys {
             JwtKeys::Hmac(secret) => Keys::Static(Arc::new(KeySet::hmac(secret)?)),
@@ -196,7 +198,7 @@ impl JwtProvider {
         }
         if let (Some(kid), Keys::Remote(cache)) = (kid, &self.keys) {
             if !keys.has_kid(kid) {
-                match cache.refetch_for_unknown_kid(now).await {
+                match cache.refetch_for_unknown_kid().await {
                     Some(fresh) => keys = fresh,
                     None => return Err(Reason::UnknownKey),
                 }
@@ -236,7 +238,11 @@ impl JwtProvider {
     }
 
     fn identity(&self, claims: Value) -> Identity {
-        let text = |name: &str| claim(&claims, name).and_then(claim_text).map(Arc::<str>::from);
+        let text = |name: &str| {
+            claim(&claims, name)
+                .and_then(claim_text)
+                .map(Arc::<str>::from)
+        };
         let groups: Vec<Arc<str>> = match claim(&claims, &self.groups_claim) {
             Some(Value::Array(items)) => items
                 .iter()
@@ -291,7 +297,10 @@ fn header_algorithm(token: &str) -> Result<Algorithm, Reason> {
         .decode(encoded.trim_end_matches('='))
         .map_err(|_| Reason::Malformed)?;
     let header: Value = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
-    let alg = header.get("alg").and_then(Value::as_str).ok_or(Reason::Malformed)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(Reason::Malformed)?;
     alg.parse::<Algorithm>().map_err(|_| Reason::Algorithm)
 }
 
@@ -332,10 +341,16 @@ impl Times {
         if now_ms > self.exp.saturating_add(skew_ms) {
             return Err(Reason::Expired);
         }
-        if self.nbf.is_some_and(|nbf| nbf > now_ms.saturating_add(skew_ms)) {
+        if self
+            .nbf
+            .is_some_and(|nbf| nbf > now_ms.saturating_add(skew_ms))
+        {
             return Err(Reason::NotYetValid);
         }
-        if self.iat.is_some_and(|iat| iat > now_ms.saturating_add(skew_ms)) {
+        if self
+            .iat
+            .is_some_and(|iat| iat > now_ms.saturating_add(skew_ms))
+        {
             return Err(Reason::IssuedInFuture);
         }
         Ok(())
@@ -347,7 +362,7 @@ fn numeric_date(claims: &Value, name: &str) -> Result<Option<u64>, Reason> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
             let secs = n.as_f64().ok_or(Reason::Malformed)?;
-            if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+            if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
                 return Err(Reason::Malformed);
             }
             Ok(Some((secs * 1000.0) as u64))
@@ -420,13 +435,32 @@ mod tests {
             }
             check(c)
         };
-        assert_eq!(base(json!({"exp": now - 10})).map(|_| ()), Ok(()), "within skew");
-        assert_eq!(base(json!({"exp": now - 31})).map(|_| ()), Err(Reason::Expired));
-        assert_eq!(base(json!({"nbf": now + 60})).map(|_| ()), Err(Reason::NotYetValid));
+        assert_eq!(
+            base(json!({"exp": now - 10})).map(|_| ()),
+            Ok(()),
+            "within skew"
+        );
+        assert_eq!(
+            base(json!({"exp": now - 31})).map(|_| ()),
+            Err(Reason::Expired)
+        );
+        assert_eq!(
+            base(json!({"nbf": now + 60})).map(|_| ()),
+            Err(Reason::NotYetValid)
+        );
         assert_eq!(base(json!({"nbf": now + 20})).map(|_| ()), Ok(()));
-        assert_eq!(base(json!({"iat": now + 3600})).map(|_| ()), Err(Reason::IssuedInFuture));
-        assert_eq!(base(json!({"exp": "tomorrow"})).map(|_| ()), Err(Reason::Malformed));
-        assert_eq!(base(json!({"exp": 1e300})).map(|_| ()), Err(Reason::Malformed));
+        assert_eq!(
+            base(json!({"iat": now + 3600})).map(|_| ()),
+            Err(Reason::IssuedInFuture)
+        );
+        assert_eq!(
+            base(json!({"exp": "tomorrow"})).map(|_| ()),
+            Err(Reason::Malformed)
+        );
+        assert_eq!(
+            base(json!({"exp": 1e300})).map(|_| ()),
+            Err(Reason::Malformed)
+        );
         assert_eq!(
             check(json!({"iss": "https://issuer", "aud": "api"})).map(|_| ()),
             Err(Reason::MissingExpiry)
@@ -474,7 +508,8 @@ mod tests {
     }
 
     fn hmac_provider(algs: Vec<JwtAlgorithm>) -> JwtProvider {
-        let secret = base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef0123456789abcdef");
+        let secret =
+            base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef0123456789abcdef");
         JwtProvider::build(
             &JwtConfig {
                 issuer: "i".into(),
@@ -485,7 +520,10 @@ mod tests {
                 jwks_max_staleness_ms: 1,
                 clock_skew_ms: 0,
                 token_from: CredentialSource::default(),
-                claims_to_headers: vec![ClaimToHeader { claim: "sub".into(), header: "x-user".into() }],
+                claims_to_headers: vec![ClaimToHeader {
+                    claim: "sub".into(),
+                    header: "x-user".into(),
+                }],
                 consumer_claim: "sub".into(),
                 organization_claim: "org".into(),
                 groups_claim: "groups".into(),
@@ -500,8 +538,9 @@ mod tests {
         let provider = hmac_provider(vec![JwtAlgorithm::HS256]);
         let key = jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
         let claims = json!({"iss": "i", "sub": "alice", "org": "A", "groups": "a b", "exp": NOW / 1000 + 10});
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
-            .expect("token");
+        let token =
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+                .expect("token");
         let now = Instant::now();
         let v = provider.verify_at(&token, NOW, now).await.expect("valid");
         assert_eq!(v.identity.consumer.as_deref(), Some("alice"));
@@ -511,7 +550,10 @@ mod tests {
         // Cached, but expiry still applies.
         assert!(provider.verify_at(&token, NOW + 5_000, now).await.is_ok());
         assert_eq!(
-            provider.verify_at(&token, NOW + 11_000, now).await.map(|_| ()),
+            provider
+                .verify_at(&token, NOW + 11_000, now)
+                .await
+                .map(|_| ()),
             Err(Reason::Expired)
         );
         // A tampered payload fails the signature.
@@ -520,7 +562,10 @@ mod tests {
             .encode(json!({"iss": "i", "sub": "admin", "exp": NOW / 1000 + 10}).to_string());
         parts[1] = &forged;
         assert_eq!(
-            provider.verify_at(&parts.join("."), NOW, now).await.map(|_| ()),
+            provider
+                .verify_at(&parts.join("."), NOW, now)
+                .await
+                .map(|_| ()),
             Err(Reason::Signature)
         );
     }
@@ -536,7 +581,10 @@ mod tests {
         )
         .expect("token");
         assert_eq!(
-            provider.verify_at(&token, NOW, Instant::now()).await.map(|_| ()),
+            provider
+                .verify_at(&token, NOW, Instant::now())
+                .await
+                .map(|_| ()),
             Err(Reason::Algorithm)
         );
     }

@@ -36,8 +36,8 @@ use crds::auth::CredentialSource;
 use crds::DeviceClass;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use snapshot::model::{AuthConfig, AuthMethodConfig, JwtKeys, Snapshot};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -136,11 +136,14 @@ pub struct AuthState {
 }
 
 enum Method {
-    Jwt(jwt::JwtProvider),
+    Jwt(Box<jwt::JwtProvider>),
     ApiKey(apikey::ApiKeys),
     Basic(basic::Basic),
-    Forward(forward::ForwardAuth),
+    Forward(Box<forward::ForwardAuth>),
 }
+
+/// Headers authentication adds to the upstream request.
+type AddedHeaders<'a> = Cow<'a, [(HeaderName, HeaderValue)]>;
 
 /// One AuthPolicy, ready for the request path.
 pub struct AuthRuntime {
@@ -247,7 +250,7 @@ fn build_one(
                 invalid_challenges.push(HeaderValue::from_static(
                     "Bearer realm=\"ferrogate\", error=\"invalid_token\"",
                 ));
-                methods.push(Method::Jwt(provider));
+                methods.push(Method::Jwt(Box::new(provider)));
             }
             AuthMethodConfig::ApiKey(k) => {
                 let keys = apikey::ApiKeys::build(k)?;
@@ -269,10 +272,11 @@ fn build_one(
                 methods.push(Method::Basic(basic));
             }
             AuthMethodConfig::Forward(f) => {
-                let client = clients.get(false, Duration::from_millis(f.timeout_ms.clamp(1, 2_000)));
+                let client =
+                    clients.get(false, Duration::from_millis(f.timeout_ms.clamp(1, 2_000)));
                 let forward = forward::ForwardAuth::build(f, client)?;
                 injected.extend(forward.upstream_headers.iter().cloned());
-                methods.push(Method::Forward(forward));
+                methods.push(Method::Forward(Box::new(forward)));
             }
         }
     }
@@ -317,13 +321,14 @@ impl AuthRuntime {
         for name in &self.injected {
             req.headers_mut().remove(name);
         }
-        let mut accepted: Option<(Identity, Cow<'_, [(HeaderName, HeaderValue)]>)> = None;
+        let mut accepted: Option<(Identity, AddedHeaders<'_>)> = None;
         let mut failure = Failure::Missing;
         let client_ip = ctx.client_ip(req.headers());
         for method in &self.methods {
             let attempt = match method {
                 Method::Jwt(provider) => {
-                    let Some(token) = credential(&provider.token_from, req.headers(), query.as_deref())
+                    let Some(token) =
+                        credential(&provider.token_from, req.headers(), query.as_deref())
                     else {
                         continue;
                     };
@@ -333,7 +338,8 @@ impl AuthRuntime {
                     })
                 }
                 Method::ApiKey(keys) => {
-                    let Some(key) = credential(&keys.key_from, req.headers(), query.as_deref()) else {
+                    let Some(key) = credential(&keys.key_from, req.headers(), query.as_deref())
+                    else {
                         continue;
                     };
                     keys.authenticate(&key)
@@ -359,7 +365,9 @@ impl AuthRuntime {
                         client_ip,
                     };
                     match forward.check(&subject).await {
-                        forward::Verdict::Allow(identity, headers) => Ok((identity, Cow::Owned(headers))),
+                        forward::Verdict::Allow(identity, headers) => {
+                            Ok((identity, Cow::Owned(headers)))
+                        }
                         forward::Verdict::Deny(answer) => {
                             failure = Failure::Denied(answer);
                             continue;
@@ -399,8 +407,16 @@ impl AuthRuntime {
                 Failure::Invalid(reason) => return Err(self.unauthorized(ctx, reason)),
                 Failure::Unavailable(reason) => {
                     self.count(reason);
-                    let code = if reason == Reason::Busy { "auth_busy" } else { "auth_unavailable" };
-                    return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, code, ctx.request_id));
+                    let code = if reason == Reason::Busy {
+                        "auth_busy"
+                    } else {
+                        "auth_unavailable"
+                    };
+                    return Err(error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        code,
+                        ctx.request_id,
+                    ));
                 }
                 Failure::Denied(answer) => {
                     self.count(Reason::ForwardDenied);
@@ -421,7 +437,11 @@ impl AuthRuntime {
             if !verdict.allowed {
                 self.count(Reason::Forbidden);
                 tracing::debug!(policy = %self.policy, rule = ?verdict.rule, "request forbidden");
-                return Err(error_response(StatusCode::FORBIDDEN, "forbidden", ctx.request_id));
+                return Err(error_response(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    ctx.request_id,
+                ));
             }
         }
 
@@ -520,7 +540,11 @@ pub fn credential<'h>(
 
 /// Removes a credential from the request (header, query parameter or
 /// cookie).
-pub fn strip_credential(source: &CredentialSource, headers: &mut HeaderMap, query: &mut Option<String>) {
+pub fn strip_credential(
+    source: &CredentialSource,
+    headers: &mut HeaderMap,
+    query: &mut Option<String>,
+) {
     if let Some(name) = &source.header {
         headers.remove(name.as_str());
     }
@@ -567,6 +591,21 @@ pub fn strip_credential(source: &CredentialSource, headers: &mut HeaderMap, quer
 mod tests {
     use super::*;
 
+    /// The phases run inside hyper's `Send` service futures.
+    #[allow(dead_code)]
+    fn phases_are_send(
+        a: &AuthRuntime,
+        l: &crate::ratelimit::RouteLimits,
+        ctx: &PhaseContext<'_>,
+        req: &mut Request<hyper::body::Incoming>,
+        q: &mut Option<String>,
+        info: &mut RequestInfo,
+    ) {
+        fn is_send<T: Send>(_: &T) {}
+        is_send(&a.phase(ctx, req, q, info));
+        is_send(&l.phase(ctx, req, None, info));
+    }
+
     fn source(header: Option<&str>, query: Option<&str>, cookie: Option<&str>) -> CredentialSource {
         CredentialSource {
             header: header.map(str::to_owned),
@@ -578,17 +617,41 @@ mod tests {
     #[test]
     fn credentials_are_read_from_headers_query_and_cookies() {
         let mut headers = HeaderMap::new();
-        headers.insert("authorization", HeaderValue::from_static("Bearer abc.def.ghi"));
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer abc.def.ghi"),
+        );
         headers.insert("x-api-key", HeaderValue::from_static(" k1 "));
         headers.insert("cookie", HeaderValue::from_static("a=1; session=tok; b=2"));
         let q = Some("x=1&api_key=k%202&y=2");
-        assert_eq!(credential(&source(Some("authorization"), None, None), &headers, q).as_deref(), Some("abc.def.ghi"));
-        assert_eq!(credential(&source(Some("x-api-key"), None, None), &headers, q).as_deref(), Some("k1"));
-        assert_eq!(credential(&source(None, Some("api_key"), None), &headers, q).as_deref(), Some("k 2"));
-        assert_eq!(credential(&source(None, None, Some("session")), &headers, q).as_deref(), Some("tok"));
-        assert_eq!(credential(&source(None, None, Some("nope")), &headers, q), None);
-        headers.insert("authorization", HeaderValue::from_static("Basic dXNlcjpwdw=="));
-        assert_eq!(credential(&source(Some("authorization"), None, None), &headers, q), None);
+        assert_eq!(
+            credential(&source(Some("authorization"), None, None), &headers, q).as_deref(),
+            Some("abc.def.ghi")
+        );
+        assert_eq!(
+            credential(&source(Some("x-api-key"), None, None), &headers, q).as_deref(),
+            Some("k1")
+        );
+        assert_eq!(
+            credential(&source(None, Some("api_key"), None), &headers, q).as_deref(),
+            Some("k 2")
+        );
+        assert_eq!(
+            credential(&source(None, None, Some("session")), &headers, q).as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            credential(&source(None, None, Some("nope")), &headers, q),
+            None
+        );
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Basic dXNlcjpwdw=="),
+        );
+        assert_eq!(
+            credential(&source(Some("authorization"), None, None), &headers, q),
+            None
+        );
         assert_eq!(scheme_credential(&headers, "basic"), Some("dXNlcjpwdw=="));
     }
 
@@ -598,30 +661,30 @@ mod tests {
         headers.insert("x-api-key", HeaderValue::from_static("k1"));
         headers.insert("cookie", HeaderValue::from_static("a=1; session=tok; b=2"));
         let mut query = Some("x=1&api%5Fkey=k2&y=2".to_owned());
-        strip_credential(&source(Some("x-api-key"), None, None), &mut headers, &mut query);
-        strip_credential(&source(None, Some("api_key"), None), &mut headers, &mut query);
-        strip_credential(&source(None, None, Some("session")), &mut headers, &mut query);
+        strip_credential(
+            &source(Some("x-api-key"), None, None),
+            &mut headers,
+            &mut query,
+        );
+        strip_credential(
+            &source(None, Some("api_key"), None),
+            &mut headers,
+            &mut query,
+        );
+        strip_credential(
+            &source(None, None, Some("session")),
+            &mut headers,
+            &mut query,
+        );
         assert!(!headers.contains_key("x-api-key"));
         assert_eq!(query.as_deref(), Some("x=1&y=2"));
         assert_eq!(headers["cookie"], "a=1; b=2");
         let mut only = Some("api_key=k".to_owned());
-        strip_credential(&source(None, Some("api_key"), None), &mut headers, &mut only);
+        strip_credential(
+            &source(None, Some("api_key"), None),
+            &mut headers,
+            &mut only,
+        );
         assert_eq!(only, None);
     }
-}
-
-/// The phases run inside hyper's `Send` service futures.
-#[cfg(test)]
-#[allow(dead_code)]
-fn phases_are_send(
-    a: &AuthRuntime,
-    l: &crate::ratelimit::RouteLimits,
-    ctx: &PhaseContext<'_>,
-    req: &mut Request<()>,
-    q: &mut Option<String>,
-    info: &mut RequestInfo,
-) {
-    fn is_send<T: Send>(_: &T) {}
-    is_send(&a.phase(ctx, req, q, info));
-    is_send(&l.phase(ctx, req, None, info));
 }

@@ -1,42 +1,47 @@
 //! GCRA, the generic cell rate algorithm: the arithmetic of rate limiting,
 //! with time passed in (no clock, no IO).
 //!
-//! Why GCRA rather than a token bucket with a refill task or fixed windows:
-//! it keeps **one timestamp per key** (the theoretical arrival time, TAT),
-//! needs no timer, refills continuously (no burst of `2 x limit` at a window
-//! edge, as fixed windows allow), and an entry whose TAT is in the past
-//! carries no information, so idle keys can be dropped at any time without
-//! changing a decision. The same arithmetic runs in the local limiter and
-//! in the Redis Lua script.
+//! Why GCRA (a token bucket stored as one timestamp per key) rather than a
+//! token bucket with a refill task, or fixed windows: it keeps **one
+//! timestamp per key** (the theoretical arrival time, TAT), needs no timer,
+//! refills continuously (fixed windows let `2 x limit` through around a
+//! window edge), and an entry whose TAT is in the past carries no
+//! information, so idle keys can be dropped at any time without changing a
+//! decision. The same arithmetic runs in the local limiter and in the Redis
+//! Lua script.
 //!
-//! Parameters: `requests` per `period` gives the emission interval
-//! `T = ceil(period / requests)`; `burst` extra requests give the tolerance
-//! `tau = burst x T`. A request at `now` passes when `now >= TAT - tau`, and
-//! then `TAT = max(TAT, now) + T`. Guarantees (proved by the tests below):
+//! Semantics: a full bucket holds `requests + burst`; it refills
+//! continuously at `requests` per `period`. In GCRA terms the emission
+//! interval is `T = ceil(period / requests)` and the tolerance
+//! `tau = (requests + burst - 1) x T`; a request at `now` passes when
+//! `now >= TAT - tau`, and then `TAT = max(TAT, now) + T`. Guarantees
+//! (proved by the tests below):
 //!
-//! - at most `burst + 1` requests pass at one instant;
-//! - in any window of length `period`, at most `requests + burst` pass; with
-//!   `burst = 0`, at most `requests` (the limit is smooth);
-//! - under a steady flood, exactly one request passes every `T`.
+//! - a quiet client gets exactly `requests + burst` at once, then one
+//!   every `T`;
+//! - no interval shorter than `T` ever holds more than `requests + burst`
+//!   passes, however requests are timed (no doubling at a window edge);
+//! - over any span `L`, at most `requests + burst + L / T` pass: the
+//!   long-run rate is `requests` per `period`.
 
 /// A limit in GCRA terms. Times are nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     /// Emission interval `T`: the steady spacing between requests.
     pub interval: u64,
-    /// Tolerance `tau = burst x T`.
+    /// Tolerance `tau = (requests + burst - 1) x T`.
     pub tolerance: u64,
 }
 
 impl Rate {
-    /// `requests` per `period_ms` with `burst` extra at once. `requests` of
-    /// 0 is treated as 1 (the compiler refuses it).
+    /// `requests` per `period_ms`, with `burst` extra in a full bucket.
+    /// `requests` of 0 is treated as 1 (the compiler refuses it).
     pub fn new(requests: u32, period_ms: u64, burst: u32) -> Rate {
         let period = u128::from(period_ms.max(1)) * 1_000_000;
         let requests = u128::from(requests.max(1));
-        // Rounding up keeps "at most `requests` per `period`" exact.
+        // Rounding up keeps the long-run rate at or under the limit.
         let interval = period.div_ceil(requests).max(1);
-        let tolerance = interval.saturating_mul(u128::from(burst));
+        let tolerance = interval.saturating_mul(requests - 1 + u128::from(burst));
         Rate {
             interval: u64::try_from(interval).unwrap_or(u64::MAX / 4),
             tolerance: u64::try_from(tolerance)
@@ -129,6 +134,7 @@ mod tests {
         passed
     }
 
+    /// The most passes within any half-open interval of length `window`.
     fn max_in_window(passed: &[u64], window: u64) -> usize {
         let mut best = 0;
         let mut start = 0;
@@ -142,32 +148,50 @@ mod tests {
     }
 
     #[test]
-    fn thirty_five_a_minute_admits_exactly_thirty_five_in_the_window() {
-        // A request every 10 ms for the first minute: exactly 35 pass.
+    fn thirty_five_a_minute_admits_exactly_thirty_five_at_once() {
         let rate = Rate::new(35, 60_000, 0);
-        let passed = run(rate, (0..6_000).map(|i| i * 10 * MS));
+        // 100 requests within the first second: exactly 35 pass.
+        let passed = run(rate, (0..100).map(|i| i * 10 * MS));
         assert_eq!(passed.len(), 35);
-        // ... and no window of one minute ever holds more, over 5 minutes.
-        let passed = run(rate, (0..30_000).map(|i| i * 10 * MS));
-        assert_eq!(max_in_window(&passed, 60 * S), 35);
+        // Then one every 60/35 s: a request every 10 ms for the rest of the
+        // minute gets 34 more (the 35th refill lands at 60 s).
+        let passed = run(rate, (0..6_000).map(|i| i * 10 * MS));
+        assert_eq!(passed.len(), 35 + 34);
+        // Over ten minutes of hammering, the rate is 35 a minute.
+        let passed = run(rate, (0..60_000).map(|i| i * 10 * MS));
+        assert_eq!(passed.len(), 35 + 349);
     }
 
     #[test]
-    fn a_burst_of_thirty_five_passes_at_once_then_the_steady_rate() {
-        let rate = Rate::new(35, 60_000, 34);
-        // 100 requests in the same millisecond: 35 pass.
-        let passed = run(rate, (0..100).map(|_| S));
-        assert_eq!(passed.len(), 35);
-        // Then one more every 60/35 s.
-        let mut arrivals: Vec<u64> = (0..100).map(|_| S).collect();
-        arrivals.extend((1..=6_000).map(|i| S + i * 10 * MS));
+    fn other_keys_are_unaffected() {
+        let rate = Rate::new(35, 60_000, 0);
+        assert_eq!(run(rate, (0..100).map(|_| S)).len(), 35);
+        assert_eq!(run(rate, (0..100).map(|_| S)).len(), 35);
+    }
+
+    #[test]
+    fn burst_adds_to_the_bucket() {
+        let rate = Rate::new(10, 60_000, 5);
+        assert_eq!(run(rate, (0..100).map(|_| S)).len(), 15);
+    }
+
+    #[test]
+    fn bursts_straddling_a_window_edge_do_not_double() {
+        // 5 per 2 s. Drain at 0; then bursts of 20 just before and just
+        // after the 2 s edge. A fixed window would pass 5 + 5 there.
+        let rate = Rate::new(5, 2_000, 0);
+        let mut arrivals: Vec<u64> = vec![0; 20];
+        arrivals.extend(std::iter::repeat_n(1_950 * MS, 20));
+        arrivals.extend(std::iter::repeat_n(2_050 * MS, 20));
         let passed = run(rate, arrivals);
-        assert_eq!(passed.len(), 35 + 35);
+        let at_edge = passed.iter().filter(|&&t| t >= 1_950 * MS).count();
+        assert_eq!(passed.len() - at_edge, 5);
+        assert_eq!(at_edge, 5);
     }
 
     #[test]
     fn decisions_report_remaining_and_when_to_retry() {
-        let rate = Rate::new(5, 2_000, 4);
+        let rate = Rate::new(5, 2_000, 0);
         let (first, tat) = check(None, 0, rate);
         assert!(first.allowed);
         assert_eq!(first.remaining, 4);
@@ -193,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_refund_gives_back_exactly_one_request() {
-        let rate = Rate::new(2, 1_000, 0);
+        let rate = Rate::new(1, 1_000, 0);
         let (_, tat) = check(None, 0, rate);
         let tat = tat.expect("passed");
         assert!(!check(Some(tat), 0, rate).0.allowed);
@@ -213,11 +237,11 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the arrival pattern, no window of `period` holds more
-        /// than `requests + burst` passes, and no instant more than
-        /// `burst + 1`.
+        /// Whatever the arrival pattern: no interval shorter than `T` holds
+        /// more than the bucket, and no span more than the bucket plus what
+        /// the steady rate earns in it.
         #[test]
-        fn windows_never_hold_more_than_the_limit(
+        fn passes_never_exceed_the_bucket_and_the_rate(
             requests in 1u32..50,
             burst in 0u32..10,
             period_ms in 1_000u64..10_000,
@@ -227,9 +251,12 @@ mod tests {
             let mut now = 0;
             let arrivals: Vec<u64> = gaps.iter().map(|g| { now += g * MS; now }).collect();
             let passed = run(rate, arrivals);
-            let limit = (requests + burst) as usize;
-            prop_assert!(max_in_window(&passed, period_ms * MS) <= limit);
-            prop_assert!(max_in_window(&passed, 1) <= burst as usize + 1);
+            let bucket = (requests + burst) as usize;
+            prop_assert!(max_in_window(&passed, rate.interval) <= bucket);
+            if let (Some(first), Some(last)) = (passed.first(), passed.last()) {
+                let earned = ((last - first) / rate.interval) as usize;
+                prop_assert!(passed.len() <= bucket + earned);
+            }
         }
     }
 }

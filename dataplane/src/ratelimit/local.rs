@@ -118,7 +118,9 @@ impl LocalStore {
     pub fn sweep(&self, now: u64) -> usize {
         let mut left = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             shard.retain(|_, tat| *tat > now);
             if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
                 shard.shrink_to_fit();
@@ -189,7 +191,7 @@ mod tests {
     #[test]
     fn keys_are_counted_separately() {
         let store = LocalStore::new(1_024);
-        let rate = Rate::new(2, 1_000, 0);
+        let rate = Rate::new(1, 1_000, 0);
         let a = store.key(1, &[b"alice"]);
         let b = store.key(1, &[b"bob"]);
         assert!(store.check(a, 0, rate).allowed);
@@ -206,25 +208,21 @@ mod tests {
     fn a_million_distinct_keys_keep_memory_bounded() {
         let store = LocalStore::new(10_000);
         let rate = Rate::new(10, 60_000, 0);
-        let mut bytes_after_first_fill = 0;
+        let mut most_bytes = 0;
         for i in 0..1_000_000u64 {
             let key = store.key(7, &[&i.to_be_bytes()]);
-            // All within one second: every entry is live (none idle).
-            let now = i;
-            assert!(store.check(key, now, rate).allowed);
-            if i == 20_000 {
-                bytes_after_first_fill = store.allocated_bytes();
+            // All within one millisecond: every entry is live (none idle).
+            assert!(store.check(key, i, rate).allowed);
+            if i % 10_000 == 0 {
+                assert!(store.len() <= store.max_keys(), "{} entries", store.len());
+                most_bytes = most_bytes.max(store.allocated_bytes());
             }
         }
         assert!(store.len() <= store.max_keys(), "{} entries", store.len());
         assert!(store.max_keys() <= 10_240);
-        // Memory stops growing once the store is full.
-        assert_eq!(store.allocated_bytes(), bytes_after_first_fill);
-        assert!(
-            store.allocated_bytes() < 2 * 1024 * 1024,
-            "{} bytes",
-            store.allocated_bytes()
-        );
+        // About 50 bytes per key kept at most (hash tables keep spare room),
+        // whatever the number of keys seen.
+        assert!(most_bytes < 1024 * 1024, "{most_bytes} bytes");
     }
 
     #[test]

@@ -321,7 +321,9 @@ impl Limit {
                     .as_deref()
                     .zip(identity.and_then(|i| i.claims.as_deref()))
                     .and_then(|(n, claims)| claim(claims, n))
-                    .map(|v| Cow::Owned(claim_text(v).unwrap_or_else(|| v.to_string()).into_bytes()))
+                    .map(|v| {
+                        Cow::Owned(claim_text(v).unwrap_or_else(|| v.to_string()).into_bytes())
+                    })
                     .unwrap_or(Cow::Borrowed(&b""[..])),
                 KeySource::Consumer => identity
                     .and_then(|i| i.consumer.as_deref())
@@ -346,19 +348,31 @@ impl Limit {
 
 impl RouteLimits {
     /// Runs the limits on a request. `Err` is the 429 response.
-    pub async fn phase<B>(
+    pub fn phase<'a, B>(
+        &'a self,
+        ctx: &'a PhaseContext<'a>,
+        req: &'a Request<B>,
+        identity: Option<&'a Identity>,
+        info: &'a mut RequestInfo,
+    ) -> impl std::future::Future<Output = Result<(), Response<Bytes>>> + Send + 'a {
+        // Only the method and headers are held across awaits (a request
+        // body need not be `Sync`).
+        self.run(ctx, req.method(), req.headers(), identity, info)
+    }
+
+    async fn run(
         &self,
         ctx: &PhaseContext<'_>,
-        req: &Request<B>,
+        method: &http::Method,
+        headers: &HeaderMap,
         identity: Option<&Identity>,
         info: &mut RequestInfo,
     ) -> Result<(), Response<Bytes>> {
-        let headers = req.headers();
         let client_ip = self.uses_client_ip.then(|| ctx.client_ip(headers));
         let mut applied = Vec::new();
         for policy in &self.policies {
             for limit in &policy.limits {
-                if limit.applies(req.method(), ctx.path, ctx.device) {
+                if limit.applies(method, ctx.path, ctx.device) {
                     let parts = limit.key_parts(headers, client_ip, identity, ctx.device);
                     applied.push(Applied {
                         policy,
@@ -375,7 +389,7 @@ impl RouteLimits {
         let mut outcome = RateLimitOutcome::default();
         let decisions = decide(state, &applied, &mut outcome).await;
 
-        let mut refusing: Option<(&Limit, Decision)> = None;
+        let mut refusing: Option<(&PolicyLimits, &Limit, Decision)> = None;
         for (a, d) in applied.iter().zip(&decisions) {
             let Some(d) = d else { continue };
             if d.allowed {
@@ -384,8 +398,8 @@ impl RouteLimits {
             if a.limit.shadow {
                 a.limit.counters.shadow_limited.inc();
                 outcome.shadow_exceeded.push(a.limit.name.clone());
-            } else if refusing.is_none_or(|(_, r)| d.retry_after > r.retry_after) {
-                refusing = Some((a.limit, *d));
+            } else if refusing.is_none_or(|(_, _, r)| d.retry_after > r.retry_after) {
+                refusing = Some((a.policy, a.limit, *d));
             }
         }
         match &refusing {
@@ -405,7 +419,7 @@ impl RouteLimits {
             }
         }
         outcome.headers = headers_for(&applied, &decisions);
-        if let Some((limit, decision)) = refusing {
+        if let Some((policy, limit, decision)) = refusing {
             outcome.limited_by = Some(limit.name.clone());
             let code = if outcome.store_unavailable && decision.retry_after == 0 {
                 "rate_limit_unavailable"
@@ -418,10 +432,12 @@ impl RouteLimits {
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
             if let Some((policy, limit)) = &outcome.headers {
-                response.headers_mut().insert("ratelimit-policy", policy.clone());
+                response
+                    .headers_mut()
+                    .insert("ratelimit-policy", policy.clone());
                 response.headers_mut().insert("ratelimit", limit.clone());
             }
-            tracing::debug!(limit = %limit.name, retry_after, "rate limited");
+            tracing::debug!(policy = %policy.policy, limit = %limit.name, retry_after, "rate limited");
             info.rate_limit = Some(outcome);
             return Err(response);
         }
@@ -532,7 +548,11 @@ fn headers_for(
             limit.push_str(", ");
         }
         policy.push_str(&a.limit.policy_item);
-        let reset = if d.allowed { d.reset_after } else { d.retry_after };
+        let reset = if d.allowed {
+            d.reset_after
+        } else {
+            d.retry_after
+        };
         limit.push_str(&format!(
             "{};r={};t={}",
             sf_string(&a.limit.name),
@@ -543,7 +563,10 @@ fn headers_for(
     if policy.is_empty() {
         return None;
     }
-    Some((HeaderValue::from_str(&policy).ok()?, HeaderValue::from_str(&limit).ok()?))
+    Some((
+        HeaderValue::from_str(&policy).ok()?,
+        HeaderValue::from_str(&limit).ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -560,7 +583,10 @@ mod tests {
 
     fn xff(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_str(value).expect("value"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(value).expect("value"),
+        );
         h
     }
 
@@ -573,18 +599,33 @@ mod tests {
         assert_eq!(client_ip(peer, &h, &config(&["192.168.0.0/16"])), peer);
         // Trusted peer and trusted hop: the first untrusted from the right.
         let cfg = config(&["10.0.0.0/8"]);
-        assert_eq!(client_ip(peer, &h, &cfg), "203.0.113.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &cfg),
+            "203.0.113.7".parse::<IpAddr>().expect("ip")
+        );
         // A spoofed leftmost entry does not win over a real client.
         let h = xff("1.1.1.1, 203.0.113.7");
-        assert_eq!(client_ip(peer, &h, &cfg), "203.0.113.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &cfg),
+            "203.0.113.7".parse::<IpAddr>().expect("ip")
+        );
         // Garbage stops the walk at the last trusted hop.
         let h = xff("203.0.113.7, junk, 10.0.0.9");
-        assert_eq!(client_ip(peer, &h, &cfg), "10.0.0.9".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &cfg),
+            "10.0.0.9".parse::<IpAddr>().expect("ip")
+        );
         // Ports and brackets.
         let h = xff("[2001:db8::1]:443");
-        assert_eq!(client_ip(peer, &h, &cfg), "2001:db8::1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &cfg),
+            "2001:db8::1".parse::<IpAddr>().expect("ip")
+        );
         let h = xff("198.51.100.1:5000");
-        assert_eq!(client_ip(peer, &h, &cfg), "198.51.100.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &cfg),
+            "198.51.100.1".parse::<IpAddr>().expect("ip")
+        );
         // No header: the peer.
         assert_eq!(client_ip(peer, &HeaderMap::new(), &cfg), peer);
     }

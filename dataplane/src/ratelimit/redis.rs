@@ -160,7 +160,9 @@ impl RedisStore {
             Err(_) => Err(StoreError::Timeout),
         };
         if result.is_err() {
-            let until = self.elapsed_ms().saturating_add(DOWN_FOR.as_millis() as u64);
+            let until = self
+                .elapsed_ms()
+                .saturating_add(DOWN_FOR.as_millis() as u64);
             self.down_until.store(until, Ordering::Relaxed);
         }
         result
