@@ -12,8 +12,6 @@ use crate::proxy::{self, ConnInfo};
 use crate::Shared;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,24 +52,116 @@ impl Default for ListenerLimits {
     }
 }
 
-pub(crate) fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+/// HTTP/2 connection preface: a connection starting with it speaks h2c.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Connection builders for HTTP/1 and HTTP/2. The protocol is decided
+/// before hyper sees the connection (ALPN on TLS, the first bytes on plain
+/// TCP, under the header read timeout), instead of hyper-util's automatic
+/// detection, which waits for the first bytes without any timeout and would
+/// let silent connections pile up. HTTP/1's header read timer then runs from
+/// the first moment of the connection.
+pub(crate) struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
+
+impl Builders {
+    fn new(limits: &ListenerLimits) -> Builders {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders { http1, http2 }
+    }
+
+    /// Serves one connection until it ends or the drain watcher closes it.
+    async fn serve<IO>(
+        &self,
+        io: IO,
+        h2: bool,
+        info: Arc<ConnInfo>,
+        shared: Arc<Shared>,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = info.peer;
+        let service = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
+        let io = TokioIo::new(io);
+        // On shutdown: finish the requests in flight, accept no new ones,
+        // then close (HTTP/2 sends GOAWAY).
+        let result = if h2 {
+            let mut conn = std::pin::pin!(self.http2.serve_connection(io, service));
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopped(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        } else {
+            let mut conn = std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopped(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, %peer, "connection ended with an error");
+        }
+    }
+}
+
+/// Resolves when shutdown starts (never, if the sender is gone without
+/// starting it).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits (up to `timeout`) until the connection's first bytes tell whether
+/// it speaks h2c. `None` when the client closed or stayed silent.
+async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A partial preface: wait a moment for the rest (rare).
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 
 /// Accepts connections on `listener` until `shutdown` turns true, then
 /// drains. `tls` is set for HTTPS listeners: the certificate (and its TLS
@@ -83,9 +173,8 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = shared.config.limits.clone();
-    let builder = Arc::new(http_builder(&limits));
+    let builder = Arc::new(Builders::new(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     loop {
         let (stream, peer) = tokio::select! {
@@ -108,15 +197,18 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, local, tls, shared, builder, watcher).await;
+            serve_connection(stream, peer, local, tls, shared, builder, stop).await;
         });
     }
     drop(listener);
+    // Every connection holds a permit until it ends: having them all back
+    // means the drain is complete.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = permits.acquire_many(all) => {}
         _ = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
@@ -129,54 +221,48 @@ async fn serve_connection(
     local: Option<SocketAddr>,
     tls: bool,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    builders: Arc<Builders>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    match tls {
-        false => {
-            let info = Arc::new(ConnInfo {
-                peer,
-                local,
-                tls: false,
-                sni: None,
-            });
-            let service = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        }
-        true => {
-            let timeout = shared.config.limits.tls_handshake_timeout;
-            let stream = match tokio::time::timeout(timeout, shared.tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    shared.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, %peer, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    shared.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let sni = stream
-                .get_ref()
-                .1
-                .server_name()
-                .map(|name| Arc::<str>::from(name.to_ascii_lowercase()));
-            let info = Arc::new(ConnInfo {
-                peer,
-                local,
-                tls: true,
-                sni,
-            });
-            let service = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        }
+    if !tls {
+        let timeout = shared.config.limits.header_read_timeout;
+        let Some(h2) = sniff_h2c(&stream, timeout).await else {
+            return;
+        };
+        let info = Arc::new(ConnInfo {
+            peer,
+            local,
+            tls: false,
+            sni: None,
+        });
+        builders.serve(stream, h2, info, shared, shutdown).await;
+        return;
     }
+    let timeout = shared.config.limits.tls_handshake_timeout;
+    let stream = match tokio::time::timeout(timeout, shared.tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%error, %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let sni = stream
+        .get_ref()
+        .1
+        .server_name()
+        .map(|name| Arc::<str>::from(name.to_ascii_lowercase()));
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let info = Arc::new(ConnInfo {
+        peer,
+        local,
+        tls: true,
+        sni,
+    });
+    builders.serve(stream, h2, info, shared, shutdown).await;
 }
