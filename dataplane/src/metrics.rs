@@ -67,6 +67,20 @@ pub struct PartLabels {
     pub result: String,
 }
 
+/// Labels of per-consumer request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The authenticated consumer, or `other` past [`MAX_CONSUMERS`].
+    pub consumer: String,
+    /// `1xx` to `5xx`.
+    pub status_class: String,
+}
+
+/// Distinct consumers with their own series; later ones count as `other`
+/// (consumer names can come from tokens, so they are not bounded by the
+/// configuration).
+pub const MAX_CONSUMERS: usize = 500;
+
 /// Labels of certificate gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
@@ -154,6 +168,9 @@ pub struct Metrics {
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
     /// Access log lines written.
     pub access_log_lines: Counter,
+    /// Requests by authenticated consumer (bounded, see [`MAX_CONSUMERS`]).
+    pub consumer_requests: Family<ConsumerLabels, Counter>,
+    consumers_seen: std::sync::RwLock<std::collections::HashSet<std::sync::Arc<str>>>,
 }
 
 impl Default for Metrics {
@@ -296,6 +313,12 @@ impl Default for Metrics {
             "Access log lines written (after sampling)",
             access_log_lines.clone(),
         );
+        let consumer_requests = Family::<ConsumerLabels, Counter>::default();
+        registry.register(
+            "consumer_requests",
+            "Requests by authenticated consumer and status class (the first 500 consumers; later ones as other)",
+            consumer_requests.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -321,11 +344,43 @@ impl Default for Metrics {
             snapshot_apply_seconds,
             certificate_expiry,
             access_log_lines,
+            consumer_requests,
+            consumers_seen: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts a request of an authenticated consumer.
+    pub fn count_consumer(&self, consumer: &std::sync::Arc<str>, status: http::StatusCode) {
+        let known = self
+            .consumers_seen
+            .read()
+            .map(|seen| seen.contains(consumer))
+            .unwrap_or(false);
+        let label = if known {
+            consumer.to_string()
+        } else {
+            let mut seen = self
+                .consumers_seen
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if seen.contains(consumer) || seen.len() < MAX_CONSUMERS {
+                seen.insert(consumer.clone());
+                consumer.to_string()
+            } else {
+                "other".to_owned()
+            }
+        };
+        let class = (status.as_u16() / 100).clamp(1, 5);
+        self.consumer_requests
+            .get_or_create(&ConsumerLabels {
+                consumer: label,
+                status_class: format!("{class}xx"),
+            })
+            .inc();
+    }
+
     /// Renders all metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();

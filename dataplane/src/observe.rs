@@ -78,6 +78,10 @@ pub fn finish(
             .observe(status, device, elapsed.as_secs_f64()),
     }
 
+    if let Some(consumer) = &info.consumer {
+        shared.metrics.count_consumer(consumer, status);
+    }
+
     let host = started.uri.host().map(str::to_owned).or_else(|| {
         started
             .host
