@@ -312,38 +312,11 @@ pub fn compile(resources: &Resources, previous: Option<&Compiled>, now_unix_secs
                 .insert(key.generation_key(), generation);
         }
     }
-    snapshot.hash = content_hash(&snapshot);
+    snapshot.seal();
     Compiled {
         snapshot,
         statuses: out.statuses,
         accepted: out.accepted,
-    }
-}
-
-/// [`Snapshot::content_hash`] of a snapshot whose `version` is 0 and `hash`
-/// empty (as the compiler builds it), without the copy `content_hash` makes:
-/// the JSON is streamed into the digest. Equal by construction; a test
-/// checks it.
-fn content_hash(snapshot: &Snapshot) -> String {
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
-    struct Digester(Sha256);
-    impl Write for Digester {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.update(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    debug_assert!(snapshot.version == 0 && snapshot.hash.is_empty());
-    let mut writer = std::io::BufWriter::with_capacity(64 * 1024, Digester(Sha256::new()));
-    let written = serde_json::to_writer(&mut writer, snapshot).is_ok();
-    match writer.into_inner() {
-        Ok(digester) if written => hex::encode(digester.0.finalize()),
-        // Plain data always serializes; fall back to the model's own.
-        _ => snapshot.content_hash(),
     }
 }
 

@@ -57,15 +57,50 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Computes the content hash: SHA-256 over the JSON encoding of the
-    /// snapshot with `version` 0 and an empty `hash`.
+    /// snapshot with `version` 0 and an empty `hash`. The JSON is streamed
+    /// into the digest from a borrowed view, without copying the snapshot.
     pub fn content_hash(&self) -> String {
-        let mut copy = self.clone();
-        copy.version = 0;
-        copy.hash.clear();
+        /// The snapshot's fields in the same order and with the same names,
+        /// `version` and `hash` blanked (a test checks the bytes are equal).
+        #[derive(Serialize)]
+        struct View<'a> {
+            version: u64,
+            hash: &'a str,
+            virtual_hosts: &'a Vec<VirtualHost>,
+            clusters: &'a BTreeMap<String, Cluster>,
+            certificates: &'a Vec<Certificate>,
+            auth_policies: &'a BTreeMap<String, AuthConfig>,
+            rate_limits: &'a BTreeMap<String, RateLimitConfig>,
+            generations: &'a BTreeMap<String, i64>,
+        }
+        struct Digester(Sha256);
+        impl std::io::Write for Digester {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let view = View {
+            version: 0,
+            hash: "",
+            virtual_hosts: &self.virtual_hosts,
+            clusters: &self.clusters,
+            certificates: &self.certificates,
+            auth_policies: &self.auth_policies,
+            rate_limits: &self.rate_limits,
+            generations: &self.generations,
+        };
+        let mut writer = std::io::BufWriter::with_capacity(64 * 1024, Digester(Sha256::new()));
         // Serializing plain data (strings, numbers, maps with string keys)
-        // cannot fail; an empty digest input would still give a stable hash.
-        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
-        hex::encode(Sha256::digest(&bytes))
+        // cannot fail; should it, the digest of what was written is still
+        // deterministic.
+        let _ = serde_json::to_writer(&mut writer, &view);
+        let _ = std::io::Write::flush(&mut writer);
+        let (digester, _) = writer.into_parts();
+        hex::encode(digester.0.finalize())
     }
 
     /// Sets `hash` to the content hash.
@@ -640,4 +675,45 @@ pub struct KeyPartConfig {
     pub source: KeySource,
     /// Header (lowercase) or claim name.
     pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_covers_everything_but_version_and_hash() {
+        let mut snapshot = Snapshot::default();
+        snapshot.generations.insert("ApiRoute/default/a".into(), 3);
+        snapshot.clusters.insert(
+            "default/svc:80".into(),
+            Cluster {
+                endpoints: vec![Endpoint {
+                    host: "10.0.0.1".into(),
+                    port: 8080,
+                }],
+                protocol: UpstreamProtocol::Http1,
+                tls: None,
+                path_prefix: None,
+                load_balancer: LoadBalancerPolicy::RoundRobin,
+                outlier_detection: None,
+                connect_timeout_ms: 5000,
+            },
+        );
+        // The streamed view hashes exactly the JSON of a blanked copy.
+        let mut blank = snapshot.clone();
+        blank.version = 0;
+        blank.hash.clear();
+        let expected = hex::encode(Sha256::digest(
+            serde_json::to_vec(&blank).expect("serialize"),
+        ));
+        assert_eq!(snapshot.content_hash(), expected);
+        // Version and hash do not change it; content does.
+        let before = snapshot.content_hash();
+        snapshot.version = 9;
+        snapshot.hash = "x".into();
+        assert_eq!(snapshot.content_hash(), before);
+        snapshot.generations.insert("ApiRoute/default/a".into(), 4);
+        assert_ne!(snapshot.content_hash(), before);
+    }
 }
