@@ -52,8 +52,14 @@ spec: {{hosts: [b.test], secretName: b-tls}}
     );
     vec![
         ("routes.yaml".into(), routes),
-        ("a-tls.yaml".into(), tls_secret_yaml("a-tls", a_chain, a_key)),
-        ("b-tls.yaml".into(), tls_secret_yaml("b-tls", b_chain, b_key)),
+        (
+            "a-tls.yaml".into(),
+            tls_secret_yaml("a-tls", a_chain, a_key),
+        ),
+        (
+            "b-tls.yaml".into(),
+            tls_secret_yaml("b-tls", b_chain, b_key),
+        ),
     ]
 }
 
@@ -67,7 +73,10 @@ async fn certificates_by_sni_redirects_and_421() {
     let (ca_a, chain_a, key_a) = make_cert(&["a.test", "*.a.test"]);
     let (ca_b, chain_b, key_b) = make_cert(&["b.test"]);
     let files = manifests(&chain_a, &key_a, &chain_b, &key_b, &app.addr.to_string());
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, y)| (n.as_str(), y.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, y)| (n.as_str(), y.as_str()))
+        .collect();
     let gateway = Gateway::start(&refs);
     let dir = gateway.dir.path().to_owned();
     let ca_a_path = dir.join("ca-a.pem");
@@ -176,7 +185,10 @@ async fn replacing_the_secret_rotates_the_certificate() {
     let (ca_1, chain_1, key_1) = make_cert(&["a.test", "*.a.test"]);
     let (_, chain_b, key_b) = make_cert(&["b.test"]);
     let files = manifests(&chain_1, &key_1, &chain_b, &key_b, &app.addr.to_string());
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, y)| (n.as_str(), y.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, y)| (n.as_str(), y.as_str()))
+        .collect();
     let gateway = Gateway::start(&refs);
     let dir = gateway.dir.path().to_owned();
     let port = gateway.https.port();
@@ -202,16 +214,31 @@ async fn replacing_the_secret_rotates_the_certificate() {
     let version = gateway.version();
     gateway.write("a-tls.yaml", &tls_secret_yaml("a-tls", &chain_2, &key_2));
     gateway.wait_for_version_above(version);
-    assert_eq!(get(&ca_2_path).1.trim(), "200", "new handshakes get the new certificate");
-    assert_ne!(get(&ca_1_path).0, 0, "the old certificate is no longer served");
+    assert_eq!(
+        get(&ca_2_path).1.trim(),
+        "200",
+        "new handshakes get the new certificate"
+    );
+    assert_ne!(
+        get(&ca_1_path).0,
+        0,
+        "the old certificate is no longer served"
+    );
 
     // A broken Secret (key of another certificate) is refused; the last good
     // certificate keeps serving.
     let (_, _, other_key) = make_cert(&["a.test"]);
     let version = gateway.version();
-    gateway.write("a-tls.yaml", &tls_secret_yaml("a-tls", &chain_2, &other_key));
+    gateway.write(
+        "a-tls.yaml",
+        &tls_secret_yaml("a-tls", &chain_2, &other_key),
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(get(&ca_2_path).1.trim(), "200", "last good certificate keeps serving");
+    assert_eq!(
+        get(&ca_2_path).1.trim(),
+        "200",
+        "last good certificate keeps serving"
+    );
     let log = gateway.log();
     assert!(
         log.contains("TlsCertificate") && log.contains("default"),

@@ -58,7 +58,9 @@ async fn match_types_and_precedence() {
     );
     let gateway = Gateway::start(&[("route.yaml", &route("shop", "shop.test", &rules))]);
     let client = Client::new(gateway.http);
-    let cases: &[(&str, &str, &[(&str, &str)], Option<&str>)] = &[
+    /// Method, path, request headers, and the upstream expected (None: 404).
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Case] = &[
         ("GET", "/api/items/special", &[], Some("exact")),
         ("GET", "/api/items/special/x", &[], Some("long-prefix")),
         ("GET", "/api/items", &[], Some("long-prefix")),
@@ -96,11 +98,21 @@ async fn match_types_and_precedence() {
         let answer = client.send(method, "shop.test", path, headers).await;
         match expected {
             Some(name) => {
-                assert_eq!(answer.status, 200, "{method} {path} {headers:?}: {answer:?}");
-                assert_eq!(answer.upstream(), Some(*name), "{method} {path} {headers:?}");
+                assert_eq!(
+                    answer.status, 200,
+                    "{method} {path} {headers:?}: {answer:?}"
+                );
+                assert_eq!(
+                    answer.upstream(),
+                    Some(*name),
+                    "{method} {path} {headers:?}"
+                );
             }
             None => {
-                assert_eq!(answer.status, 404, "{method} {path} {headers:?}: {answer:?}");
+                assert_eq!(
+                    answer.status, 404,
+                    "{method} {path} {headers:?}: {answer:?}"
+                );
                 let body = answer.json();
                 assert_eq!(body["error"], "no_route");
                 assert_eq!(
@@ -195,8 +207,14 @@ async fn filters_and_forwarded_headers() {
     assert_eq!(headers["host"], "internal.test");
     assert_eq!(headers["x-env"], "prod");
     assert_eq!(headers["x-tag"], "a");
-    assert!(headers.get("x-debug").is_none(), "removed header reached the upstream");
-    assert!(headers.get("x-hop").is_none(), "hop-by-hop header reached the upstream");
+    assert!(
+        headers.get("x-debug").is_none(),
+        "removed header reached the upstream"
+    );
+    assert!(
+        headers.get("x-hop").is_none(),
+        "hop-by-hop header reached the upstream"
+    );
     // Client-supplied X-Forwarded-For is not trusted by default.
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
@@ -236,7 +254,10 @@ async fn trusted_proxies_extend_forwarded_for() {
             "GET",
             "t.test",
             "/",
-            &[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")],
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+            ],
         )
         .await;
     let headers = &answer.json()["headers"];

@@ -142,7 +142,9 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() {
             .upstream()
             .map(str::to_owned);
         for _ in 0..5 {
-            let again = client.send("GET", "ch.test", "/", &[("x-user", &user)]).await;
+            let again = client
+                .send("GET", "ch.test", "/", &[("x-user", &user)])
+                .await;
             assert_eq!(again.upstream().map(str::to_owned), first, "{user} moved");
         }
         owners.insert(first);
@@ -282,7 +284,10 @@ spec:
     let answer = client.get("err.test", "/dead").await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.json()["error"], "upstream_connect_failure");
-    assert!(!answer.body.contains(&dead.port().to_string()), "no internal details");
+    assert!(
+        !answer.body.contains(&dead.port().to_string()),
+        "no internal details"
+    );
     let started = Instant::now();
     let answer = client.get("err.test", "/slow").await;
     assert_eq!(answer.status, 504);
@@ -327,5 +332,8 @@ async fn passive_health_ejects_and_recovers() {
     for _ in 0..10 {
         client.get("ph.test", "/").await;
     }
-    assert!(bad.hits() > bad_before, "endpoint came back after its ejection");
+    assert!(
+        bad.hits() > bad_before,
+        "endpoint came back after its ejection"
+    );
 }

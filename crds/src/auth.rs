@@ -158,7 +158,9 @@ pub struct JwtProvider {
 }
 
 /// JWT signature algorithms.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 #[allow(missing_docs)]
 pub enum JwtAlgorithm {
     RS256,

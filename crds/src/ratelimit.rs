@@ -13,7 +13,10 @@
 //!   before enforcing it.
 //!
 //! The algorithm is GCRA (a token bucket stored as one timestamp per key):
-//! `requests` per `period` with `burst` extra requests allowed at once.
+//! a full bucket holds `requests + burst` and refills continuously at
+//! `requests` per `period`, so a quiet client may send `requests + burst`
+//! at once, then one every `period / requests`, and bursts around a window
+//! edge never pass more than the bucket holds.
 
 use crate::common::{DeviceClass, Duration, Method, ResourceStatus, TargetRef};
 use kube::CustomResource;
@@ -82,16 +85,20 @@ pub enum FailureMode {
 #[serde(rename_all = "camelCase")]
 pub struct Limit {
     /// Name for headers, logs and metrics, unique within the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
-    /// Requests allowed per period.
+    /// Requests allowed per period: the bucket holds this many (plus
+    /// `burst`) and refills at this rate.
     #[schemars(range(min = 1, max = 1000000000))]
     pub requests: u32,
     /// The period, 1s to 24h.
     #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub period: Duration,
-    /// Extra requests allowed at once on top of the steady rate. Default 0:
-    /// at most `requests` in any window of `period`.
+    /// Extra requests a full bucket holds on top of `requests`: a quiet
+    /// client may send `requests + burst` at once. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 1000000000))]
     pub burst: Option<u32>,

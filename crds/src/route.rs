@@ -70,7 +70,10 @@ pub struct RouteRule {
     /// this name (`targetRefs[].sectionName`); metrics and logs show it.
     /// Defaults to `rule-N` with N the rule's index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
     /// Conditions a request must meet; the rule applies when any one match
     /// holds. No matches means every request (path prefix `/`).
@@ -471,7 +474,9 @@ pub struct Retry {
 }
 
 /// Retry conditions.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum RetryOn {
     /// The connection could not be made.
     ConnectFailure,

@@ -82,7 +82,9 @@ pub enum KeyAlgorithm {
 }
 
 /// TLS protocol versions.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum TlsVersion {
     /// TLS 1.2.
     #[serde(rename = "1.2")]

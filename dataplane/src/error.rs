@@ -143,7 +143,10 @@ mod tests {
         let cases = [
             (ProxyError::NoRoute, 404),
             (ProxyError::Misdirected, 421),
-            (ProxyError::UpstreamConnect("10.0.0.1:80 refused".into()), 502),
+            (
+                ProxyError::UpstreamConnect("10.0.0.1:80 refused".into()),
+                502,
+            ),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::NoHealthyEndpoint, 503),
         ];

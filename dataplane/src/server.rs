@@ -162,7 +162,6 @@ async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<bool> {
     }
 }
 
-
 /// Accepts connections on `listener` until `shutdown` turns true, then
 /// drains. `tls` is set for HTTPS listeners: the certificate (and its TLS
 /// settings) is chosen by SNI from the current resolver.
