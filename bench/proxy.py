@@ -157,7 +157,9 @@ class Ferrogate:
                 f.write(cert)
         self.proc = start([binary, "serve", "--manifests", self.dir, "--threads", "1",
                            "--http", "127.0.0.1:0", "--https", "127.0.0.1:0",
-                           "--admin", "127.0.0.1:0"],
+                           "--admin", "127.0.0.1:0",
+                           # nginx runs with access_log off too.
+                           "--access-log", "off"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         event = json.loads(line)
