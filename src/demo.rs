@@ -184,8 +184,10 @@ Try these in another terminal. Ctrl-C here stops everything.
     {curl} -i -H 'Authorization: Bearer {alice}' {base}/payments
    API keys work too: -H 'x-api-key: demo-key-alice' (A), 'demo-key-carol' (C).
 
-5. Add to cart: 35 requests a minute per client; the 36th gets 429 with Retry-After
-    for i in $(seq 36); do {curl} -o /dev/null -w '%{{http_code}} ' -X POST -H 'Content-Type: application/json' -d '{{"productId":"p-102","quantity":1}}' {base}/cart/items; done; echo
+5. Add to cart: 35 a minute per client. 40 at once: 35 pass, the rest get 429
+   with Retry-After (the allowance refills at one every 1.7 s). Each call adds
+   one item; with a body: -H 'Content-Type: application/json' -d '{{"productId":"p-102"}}'
+    for i in $(seq 40); do {curl} -o /dev/null -w '%{{http_code}} ' -X POST {base}/cart/items; done; echo
 
 6. Cached catalogue: the second answer comes from the gateway's cache
    (x-demo-upstream-requests stays the same, Age grows)
@@ -194,8 +196,8 @@ Try these in another terminal. Ctrl-C here stops everything.
 7. Aggregated home page: featured products, cart and user profile in one answer
     {curl} {base}/
 
-8. Metrics (Prometheus text format)
-    curl -sS http://{admin}/metrics | grep '^ferrogate_requests'
+8. Metrics (Prometheus text format): requests by route, rule and status class
+    curl -sS http://{admin}/metrics | grep '^ferrogate_requests_total' | grep -v ' 0$'
 "#,
         p0 = p,
         p1 = p.saturating_add(1),

@@ -2,11 +2,14 @@
 //! commands it prints, run them with `sh` exactly as printed, and check what
 //! they show.
 //!
-//! Covered here: HTTPS with the run's CA (`--cacert`, no `-k`), the HTTP to
-//! HTTPS redirect, path routing to the four sample services, the old-shop
-//! redirect, device routing (desktop vs iPhone rule), `ferrogate explain`,
-//! and the metrics endpoint; a clean stop (SIGTERM removes the temp folder);
-//! a clear error when a sample service port is taken.
+//! Every section is checked: HTTPS with the run's CA (`--cacert`, no `-k`)
+//! and the HTTP to HTTPS redirect; path routing to the four sample services
+//! and the old-shop redirect; device routing (desktop vs iPhone rule),
+//! mobile JSON trimming and `ferrogate explain`; the payments API with the
+//! minted JWTs (401, 403, 200); the 35-per-minute add-to-cart limit; the
+//! cached catalogue; the aggregated home page; the metrics endpoint. Then a
+//! clean stop (SIGTERM removes the temp folder), and a clear error when a
+//! sample service port is taken.
 //!
 //! Needs `curl` and `sh` (scripts/test-deps.sh installs curl).
 
@@ -210,7 +213,7 @@ fn header<'a>(output: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn printed_commands_work_for_routing_https_devices_and_metrics() -> Result<()> {
+fn every_printed_command_shows_what_it_promises() -> Result<()> {
     let mut demo = Demo::start()?;
     let port = demo.https_port;
 
@@ -265,6 +268,69 @@ fn printed_commands_work_for_routing_https_devices_and_metrics() -> Result<()> {
     let explain = demo.run("Device routing", 2)?;
     ensure!(explain.contains("rule products-mobile"), "{explain}");
     ensure!(explain.contains("device:   mobile"), "{explain}");
+
+    // 3b. The mobile answer is trimmed: no heavy fields, the rest intact.
+    let body = mobile.split("\r\n\r\n").nth(1).context("no body")?;
+    let trimmed: serde_json::Value = serde_json::from_str(body).context("mobile JSON")?;
+    let first = &trimmed["items"][0];
+    ensure!(first["name"] == "Trail Running Shoes", "{trimmed}");
+    for heavy in ["description", "reviews", "images"] {
+        ensure!(first.get(heavy).is_none(), "{heavy} not removed: {trimmed}");
+    }
+    ensure!(
+        desktop.contains("\"reviews\""),
+        "the desktop answer lost its reviews"
+    );
+
+    // 4. Payments: 401 without a token, 403 for organization C, 200 for A;
+    // the token does not reach the payments service.
+    let none = demo.run("Payments", 0)?;
+    ensure!(status_of(&none) == Some(401), "{none}");
+    ensure!(header(&none, "www-authenticate").is_some(), "{none}");
+    let carol = demo.run("Payments", 1)?;
+    ensure!(status_of(&carol) == Some(403), "{carol}");
+    let alice = demo.run("Payments", 2)?;
+    ensure!(status_of(&alice) == Some(200), "{alice}");
+    ensure!(
+        header(&alice, "x-demo-service") == Some("payments"),
+        "{alice}"
+    );
+    ensure!(alice.contains("\"credentialsForwarded\":false"), "{alice}");
+
+    // 5. 35 add-to-cart calls pass at once, then 429s (one request may
+    // pass in between if the loop takes longer than the 1.7 s refill).
+    let codes = demo.run("Add to cart", 0)?;
+    let codes: Vec<&str> = codes.split_whitespace().collect();
+    ensure!(codes.len() == 40, "{codes:?}");
+    ensure!(codes[..35].iter().all(|c| *c == "201"), "{codes:?}");
+    let limited = codes[35..].iter().filter(|c| **c == "429").count();
+    ensure!(
+        limited >= 3 && codes[35..].iter().all(|c| *c == "429" || *c == "201"),
+        "after 35, most calls should get 429: {codes:?}"
+    );
+
+    // 6. The second catalogue answer comes from the cache: the products
+    // service is not asked again.
+    let cached = demo.run("Cached catalogue", 0)?;
+    let counts: Vec<&str> = cached
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-demo-upstream-requests: "))
+        .map(str::trim)
+        .collect();
+    ensure!(counts.len() == 2 && counts[0] == counts[1], "{cached}");
+    ensure!(
+        cached
+            .lines()
+            .any(|l| l.starts_with("cache-status:") && l.contains("hit")),
+        "{cached}"
+    );
+
+    // 7. The home page merges three services' answers.
+    let home = demo.run("Aggregated home page", 0)?;
+    let home: serde_json::Value = serde_json::from_str(&home).context("home JSON")?;
+    ensure!(home["featured"]["items"].is_array(), "{home}");
+    ensure!(home["cart"]["items"].is_array(), "{home}");
+    ensure!(home["user"]["name"] == "Alice Martin", "{home}");
 
     // 8. Metrics count the requests above by route and rule.
     let metrics = demo.run("Metrics", 0)?;
