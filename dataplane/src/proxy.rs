@@ -30,7 +30,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
-use snapshot::model::{Action, DirectResponse, Forward, HeaderChanges, PathRewrite, Redirect, Route};
+use snapshot::model::{
+    Action, DirectResponse, Forward, HeaderChanges, PathRewrite, Redirect, Route,
+};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -148,10 +150,12 @@ pub async fn handle(
         }
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(X_REQUEST_ID, value);
     }
     if let Some((policy, limit)) = info.rate_limit.as_ref().and_then(|r| r.headers.as_ref()) {
-        response.headers_mut().insert("ratelimit-policy", policy.clone());
+        response
+            .headers_mut()
+            .insert("ratelimit-policy", policy.clone());
         response.headers_mut().insert("ratelimit", limit.clone());
     }
     table.count_request(info.labels.as_ref(), response.status());
@@ -205,7 +209,11 @@ async fn serve(
     info.route_index = Some(found.entry.global_index());
 
     if !conn.tls && route.https_redirect {
-        return Ok(https_redirect(&host, req.uri(), shared.config.https_redirect_port));
+        return Ok(https_redirect(
+            &host,
+            req.uri(),
+            shared.config.https_redirect_port,
+        ));
     }
 
     // Authenticate -> authorize -> rate limit (`crate::auth`,
@@ -305,28 +313,38 @@ async fn serve(
 
 /// The client's `x-request-id` when it is sane, else a new random one.
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(value) = headers.get("x-request-id") {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
         if let Ok(text) = value.to_str() {
-            if !text.is_empty()
-                && text.len() <= 128
-                && text.bytes().all(|b| b.is_ascii_graphic())
-            {
+            if !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic()) {
                 return text.to_owned();
             }
         }
     }
-    format!("{:032x}", rand::random::<u128>())
+    let random = rand::random::<u128>();
+    let mut id = String::with_capacity(32);
+    for shift in (0..32).rev() {
+        // Same text as `format!("{:032x}")`, without the formatting machinery.
+        let nibble = ((random >> (shift * 4)) & 0xf) as u32;
+        id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
+    id
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the
 /// `Host` header, lowercased, without port.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let parsed: http::uri::Authority;
     let raw = match req.uri().authority() {
-        Some(authority) => authority.host().to_owned(),
+        Some(authority) => authority.host(),
         None => {
             let value = req.headers().get(header::HOST)?.to_str().ok()?;
-            let authority: http::uri::Authority = value.parse().ok()?;
-            authority.host().to_owned()
+            match plain_host(value) {
+                Some(host) => host,
+                None => {
+                    parsed = value.parse().ok()?;
+                    parsed.host()
+                }
+            }
         }
     };
     let host = raw.trim_end_matches('.').to_ascii_lowercase();
@@ -335,6 +353,23 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     } else {
         Some(host)
     }
+}
+
+/// The host of a `Host` value made only of letters, digits, `-` and `.`,
+/// with an optional numeric port: the common case, which parses as an
+/// authority to the same host. Anything else is left to the URI parser.
+fn plain_host(value: &str) -> Option<&str> {
+    let (host, port) = match value.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (value, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    (host_ok && port_ok).then_some(host)
 }
 
 fn https_redirect(host: &str, uri: &Uri, port: u16) -> Response<Body> {
@@ -450,38 +485,50 @@ pub(crate) fn apply_header_changes(headers: &mut HeaderMap, changes: &HeaderChan
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+// Header names as constants: a `&str` name is parsed (and a custom one
+// allocated) on every use, which showed up in the proxy benchmark.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers (and those the `Connection` header names).
 /// For upgrades, `Connection: upgrade` and `Upgrade` are kept. `TE:
 /// trailers` is kept, as gRPC needs it end to end.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(upgrade && name == header::UPGRADE))
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(upgrade && name == header::UPGRADE))
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        .map(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
         .unwrap_or(false);
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -519,32 +566,59 @@ fn prepare_upstream_headers(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     let client_ip = conn.peer.ip();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) if trusted => format!("{existing}, {client_ip}"),
-        _ => client_ip.to_string(),
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if trusted => HeaderValue::from_str(&format!("{existing}, {client_ip}")),
+        _ => ip_header_value(client_ip),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Ok(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
     }
-    if !(trusted && headers.contains_key("x-forwarded-host")) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         if let Ok(value) = HeaderValue::from_str(host) {
-            headers.insert("x-forwarded-host", value);
+            headers.insert(X_FORWARDED_HOST, value);
         }
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", value);
+        headers.insert(X_REQUEST_ID, value);
     }
     if !headers.contains_key(header::HOST) {
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, value);
         }
     }
+}
+
+/// An address as a header value; IPv4 without the formatting machinery
+/// (it is done for every request).
+fn ip_header_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string());
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len])
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -554,7 +628,11 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn client_hash(req: &Request<UpstreamBody>, conn: &ConnInfo, key: &snapshot::model::HashKey) -> u64 {
+fn client_hash(
+    req: &Request<UpstreamBody>,
+    conn: &ConnInfo,
+    key: &snapshot::model::HashKey,
+) -> u64 {
     use snapshot::model::HashKey;
     match key {
         HashKey::ClientIp => match conn.peer.ip() {
@@ -594,7 +672,9 @@ async fn forward_request(
     trace: Option<&crate::telemetry::TraceContext>,
     attempts_made: &mut Vec<UpstreamAttempt>,
 ) -> Result<Response<Body>, ProxyError> {
-    let cluster = runtime.pick_backend().ok_or(ProxyError::BackendUnavailable)?;
+    let cluster = runtime
+        .pick_backend()
+        .ok_or(ProxyError::BackendUnavailable)?;
     let started = Instant::now();
     let request_deadline = Duration::from_millis(forward.timeouts.request_ms);
     let attempt_timeout = Duration::from_millis(forward.timeouts.backend_request_ms);
@@ -613,7 +693,10 @@ async fn forward_request(
     let (replayable, mut streamed): (Option<Bytes>, Option<Incoming>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
     } else if forward.retry.attempts > 0
-        && body.size_hint().exact().is_some_and(|n| n <= MAX_RETRY_BODY)
+        && body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_RETRY_BODY)
     {
         match body.collect().await {
             Ok(collected) => (Some(collected.to_bytes()), None),
@@ -641,7 +724,10 @@ async fn forward_request(
                 Some(retry) => retries_taken.push(retry),
                 None => break,
             }
-            let backoff = forward.retry.backoff_ms.saturating_mul(1 << (attempt - 1).min(6));
+            let backoff = forward
+                .retry
+                .backoff_ms
+                .saturating_mul(1 << (attempt - 1).min(6));
             let jitter = rand::random::<u64>() % (backoff / 2 + 1);
             tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
         }
@@ -650,7 +736,14 @@ async fn forward_request(
             (None, Some(body)) => Either::Left(body),
             (None, None) => break,
         };
-        let mut upstream_req = Request::from_parts(parts.clone(), body);
+        // The last attempt takes the request head; earlier ones send a copy
+        // (a HeaderMap clone allocates for every header value).
+        let head = if attempt + 1 < attempts {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let mut upstream_req = Request::from_parts(head, body);
         let hash = match &cluster.config.load_balancer {
             snapshot::model::LoadBalancerPolicy::ConsistentHash(key) => {
                 Some(client_hash(&upstream_req, conn, key))
@@ -700,7 +793,12 @@ async fn forward_request(
                 last_error = ProxyError::UpstreamTimeout;
                 // A timed-out request may have reached the upstream: retry only
                 // what is safe to repeat.
-                if !(may_retry_responses && forward.retry.on.contains(&crds::route::RetryOn::GatewayError)) {
+                if !(may_retry_responses
+                    && forward
+                        .retry
+                        .on
+                        .contains(&crds::route::RetryOn::GatewayError))
+                {
                     break;
                 }
             }
@@ -714,7 +812,9 @@ async fn forward_request(
                     }
                 } else {
                     last_error = ProxyError::Upstream(error.to_string());
-                    if !(may_retry_responses && forward.retry.on.contains(&crds::route::RetryOn::Reset)) {
+                    if !(may_retry_responses
+                        && forward.retry.on.contains(&crds::route::RetryOn::Reset))
+                    {
                         break;
                     }
                 }
@@ -823,6 +923,44 @@ mod tests {
         assert!(!headers.contains_key("keep-alive"));
         assert_eq!(headers["te"], "trailers");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn ip_header_values_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.10.255",
+            "192.168.100.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn plain_hosts_agree_with_the_authority_parser() {
+        for value in [
+            "example.com",
+            "Example.COM:8080",
+            "a-b.c.:1",
+            "127.0.0.1:80",
+            "x",
+            ".",
+        ] {
+            let parsed: http::uri::Authority = value.parse().unwrap();
+            assert_eq!(plain_host(value), Some(parsed.host()), "{value}");
+        }
+        for value in [
+            "", ":80", "h:", "h:123456", "h:8a", "user@h", "[::1]:80", "h_1", "h:1:2",
+        ] {
+            assert_eq!(plain_host(value), None, "{value}");
+        }
     }
 
     #[test]
