@@ -22,6 +22,7 @@
 //! (`scripts/test.sh` runs it); without them the tests fail saying so.
 
 use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -158,6 +159,17 @@ fn pod_specs(docs: &[Value]) -> Vec<(String, &Value)> {
 /// What every rendering of the chart must hold, whatever the values.
 fn check_invariants(docs: &[Value]) -> Result<()> {
     let pods = pod_specs(docs);
+    // Every container's command line is one the binary accepts: parsed by
+    // the real argument parser of `ferrogate`.
+    for (workload, spec) in &pods {
+        for c in spec["containers"].as_array().into_iter().flatten() {
+            let args = strings(&c["args"]);
+            let argv = std::iter::once("ferrogate").chain(args.iter().copied());
+            if let Err(e) = ferrogate::cli::Cli::try_parse_from(argv) {
+                bail!("{workload}: ferrogate refuses the chart's arguments {args:?}:\n{e}");
+            }
+        }
+    }
     ensure!(
         pods.len() >= 3,
         "expected controller, dataplane and certgen pods"
@@ -278,6 +290,10 @@ const COMBINATIONS: &[(&str, &[&str])] = &[
             "dataplane.replicas=3",
             "dataplane.trustedProxies={10.0.0.0/8}",
             "redis.url=redis://redis.gateway.svc:6379",
+            "redis.timeout=250ms",
+            "tracing.otlpEndpoint=http://otel-collector.observability:4318",
+            "tracing.sample=0.1",
+            "dataplane.accessLog.enabled=false",
             "controller.watchNamespaces={shop,payments}",
             "controller.podDisruptionBudget.enabled=false",
         ],
@@ -478,6 +494,11 @@ fn template_output_passes_server_side_validation() -> Result<()> {
                     ensure!(!docs.iter().any(|d| d["kind"] == "HorizontalPodAutoscaler"));
                     ensure!(args.contains(&"--redis-url=redis://redis.gateway.svc:6379"));
                     ensure!(args.contains(&"--trusted-proxy=10.0.0.0/8"));
+                    ensure!(args.contains(&"--redis-timeout=250ms"));
+                    ensure!(
+                        args.contains(&"--otlp-endpoint=http://otel-collector.observability:4318")
+                    );
+                    ensure!(args.contains(&"--access-log=off"));
                     let ctl = find(&docs, "Deployment", &format!("{FULLNAME}-controller"))?;
                     let cargs = strings(&ctl["spec"]["template"]["spec"]["containers"][0]["args"]);
                     ensure!(cargs.contains(&"--namespaces=shop,payments"), "{cargs:?}");
@@ -490,7 +511,12 @@ fn template_output_passes_server_side_validation() -> Result<()> {
                 }
                 "clusterip-monitoring-secret-redis" => {
                     ensure!(svc["spec"]["type"] == "ClusterIP");
-                    ensure!(args.contains(&"--redis-url=$(FERROGATE_REDIS_URL)"));
+                    // The URL comes from the Secret through the environment
+                    // (--redis-url reads FERROGATE_REDIS_URL), never the args.
+                    ensure!(
+                        !args.iter().any(|a| a.starts_with("--redis-url")),
+                        "{args:?}"
+                    );
                     let env = &dp["spec"]["template"]["spec"]["containers"][0]["env"];
                     let redis = env
                         .as_array()
@@ -511,6 +537,15 @@ fn template_output_passes_server_side_validation() -> Result<()> {
                     }
                     let cm = find(&docs, "ConfigMap", &format!("{FULLNAME}-dashboards"))?;
                     ensure!(cm["metadata"]["labels"]["grafana_dashboard"] == "1");
+                    let dashboard: Value = serde_json::from_str(
+                        cm["data"]["ferrogate.json"]
+                            .as_str()
+                            .context("no ferrogate.json in the dashboard ConfigMap")?,
+                    )
+                    .context("the dashboard is not JSON")?;
+                    ensure!(dashboard["panels"]
+                        .as_array()
+                        .is_some_and(|p| !p.is_empty()));
                     let image = dp["spec"]["template"]["spec"]["containers"][0]["image"]
                         .as_str()
                         .unwrap_or_default();
