@@ -485,6 +485,14 @@ fn template_output_passes_server_side_validation() -> Result<()> {
                         "{np}"
                     );
                     ensure!(np["spec"]["ingress"].as_array().map(Vec::len) == Some(1));
+                    // The admin port: this namespace's pods only.
+                    let np = find(&docs, "NetworkPolicy", &format!("{FULLNAME}-dataplane"))?;
+                    let admin = &np["spec"]["ingress"][1];
+                    ensure!(admin["ports"][0]["port"] == "admin", "{np}");
+                    ensure!(
+                        admin["from"] == serde_json::json!([{"podSelector": {}}]),
+                        "{np}"
+                    );
                 }
                 "nodeport-fixed-replicas-redis" => {
                     ensure!(svc["spec"]["type"] == "NodePort");
@@ -557,10 +565,9 @@ fn template_output_passes_server_side_validation() -> Result<()> {
                     )?;
                     ensure!(hpa["spec"]["metrics"].as_array().map(Vec::len) == Some(2));
                     let np = find(&docs, "NetworkPolicy", &format!("{FULLNAME}-dataplane"))?;
-                    ensure!(
-                        np["spec"]["ingress"][1]["from"][0]["namespaceSelector"].is_object(),
-                        "{np}"
-                    );
+                    let from = &np["spec"]["ingress"][1]["from"];
+                    ensure!(from[0]["podSelector"] == serde_json::json!({}), "{np}");
+                    ensure!(from[1]["namespaceSelector"].is_object(), "{np}");
                 }
                 "no-networkpolicy-no-pdb-existing-accounts" => {
                     ensure!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"));
