@@ -27,6 +27,7 @@
 
 mod apiserver;
 pub mod kubeconfig;
+pub mod netns;
 pub mod pki;
 mod tools;
 
