@@ -81,11 +81,15 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -295,7 +299,12 @@ impl Dataplane {
         let shared = self.shared.clone();
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(listener) = listeners.http {
-            tasks.spawn(server::serve(listener, false, shared.clone(), shutdown.clone()));
+            tasks.spawn(server::serve(
+                listener,
+                false,
+                shared.clone(),
+                shutdown.clone(),
+            ));
         }
         if let Some(listener) = listeners.https {
             tasks.spawn(server::serve(listener, true, shared.clone(), shutdown.clone()));

@@ -895,7 +895,9 @@ mod tests {
                 .await
                 .is_err());
 
-            swappable.store(Arc::new(SniResolver::build(std::slice::from_ref(&v2)).unwrap()));
+            swappable.store(Arc::new(
+                SniResolver::build(std::slice::from_ref(&v2)).unwrap(),
+            ));
 
             // A new client gets the new certificate, for the old and new hosts.
             for sni in ["a.example.com", "b.example.com"] {
@@ -1127,8 +1129,9 @@ mod tests {
         let (a, _) = ca.source(&["a.example.com"]);
         let key_text = String::from_utf8(a.key_pem.clone()).unwrap();
         let key_line = key_text.lines().nth(1).unwrap();
-        let resolver =
-            SwappableResolver::new(Arc::new(SniResolver::build(std::slice::from_ref(&a)).unwrap()));
+        let resolver = SwappableResolver::new(Arc::new(
+            SniResolver::build(std::slice::from_ref(&a)).unwrap(),
+        ));
         for debug in [format!("{a:?}"), format!("{resolver:?}")] {
             assert!(!debug.contains(key_line), "{debug}");
             assert!(debug.contains("a.example.com"), "{debug}");
