@@ -307,7 +307,12 @@ impl Dataplane {
             ));
         }
         if let Some(listener) = listeners.https {
-            tasks.spawn(server::serve(listener, true, shared.clone(), shutdown.clone()));
+            tasks.spawn(server::serve(
+                listener,
+                true,
+                shared.clone(),
+                shutdown.clone(),
+            ));
         }
         if let Some(listener) = listeners.admin {
             tasks.spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
