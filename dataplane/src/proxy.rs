@@ -320,12 +320,13 @@ fn request_id(headers: &HeaderMap) -> String {
             }
         }
     }
-    let random = rand::random::<u128>();
+    // Same text as `format!("{:032x}", random)`, without the formatting
+    // machinery.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(32);
-    for shift in (0..32).rev() {
-        // Same text as `format!("{:032x}")`, without the formatting machinery.
-        let nibble = ((random >> (shift * 4)) & 0xf) as u32;
-        id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    for byte in rand::random::<u128>().to_be_bytes() {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     id
 }
@@ -513,6 +514,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
+            // `keep-alive` (what upstreams usually list) goes below anyway.
+            .filter(|name| !name.trim().eq_ignore_ascii_case("keep-alive"))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .filter(|name| !(upgrade && name == header::UPGRADE))
             .collect();
@@ -876,21 +879,44 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 impl ClusterRuntime {
     fn uri(&self, endpoint: usize, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
         let authority = self
-            .authority(endpoint)
+            .uri_authority(endpoint)
             .ok_or(ProxyError::NoHealthyEndpoint)?;
-        let mut text = String::with_capacity(16 + authority.len() + path.len());
-        text.push_str(self.scheme());
-        text.push_str("://");
-        text.push_str(authority);
-        if let Some(prefix) = &self.config.path_prefix {
-            text.push_str(prefix.trim_end_matches('/'));
-        }
+        let prefix = self
+            .config
+            .path_prefix
+            .as_deref()
+            .map_or("", |prefix| prefix.trim_end_matches('/'));
+        let mut text =
+            String::with_capacity(prefix.len() + path.len() + query.map_or(0, |q| 1 + q.len()));
+        text.push_str(prefix);
         text.push_str(path);
         if let Some(query) = query {
             text.push('?');
             text.push_str(query);
         }
-        text.parse()
+        let invalid = |_| ProxyError::BadRequest("request path cannot be forwarded");
+        if !text.starts_with('/') || text.len() > 32 * 1024 {
+            // Not a plain origin-form path: the URI parser judges the whole
+            // URI (scheme, authority and all), as it always has.
+            let mut full = String::with_capacity(16 + authority.as_str().len() + text.len());
+            full.push_str(self.scheme());
+            full.push_str("://");
+            full.push_str(authority.as_str());
+            full.push_str(&text);
+            return full.parse().map_err(invalid);
+        }
+        // The scheme and the (pre-parsed) authority are reused; only the path
+        // is parsed.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if self.config.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = Some(authority.clone());
+        parts.path_and_query =
+            Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(text)).map_err(invalid)?);
+        Uri::from_parts(parts)
             .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
     }
 }
@@ -960,6 +986,108 @@ mod tests {
             "", ":80", "h:", "h:123456", "h:8a", "user@h", "[::1]:80", "h_1", "h:1:2",
         ] {
             assert_eq!(plain_host(value), None, "{value}");
+        }
+    }
+
+    /// A table with one route forwarding to a cluster at 127.0.0.1:8080
+    /// with the given path prefix.
+    #[allow(clippy::unwrap_used)]
+    fn forwarding_table(path_prefix: Option<&str>) -> Table {
+        use snapshot::model::{
+            Cluster, Endpoint, LoadBalancerPolicy, Matcher, PathMatcher, RetryPolicy, RouteId,
+            Timeouts, UpstreamProtocol, VirtualHost, WeightedCluster,
+        };
+        let cluster = Cluster {
+            endpoints: vec![Endpoint {
+                host: "127.0.0.1".into(),
+                port: 8080,
+            }],
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
+            path_prefix: path_prefix.map(str::to_owned),
+            load_balancer: LoadBalancerPolicy::RoundRobin,
+            outlier_detection: None,
+            connect_timeout_ms: 1000,
+        };
+        let route = Route {
+            id: RouteId {
+                namespace: "default".into(),
+                name: "r".into(),
+                rule: "rule-0".into(),
+                match_index: 0,
+            },
+            matcher: Matcher {
+                path: PathMatcher::Prefix("/".into()),
+                methods: vec![],
+                headers: vec![],
+                query: vec![],
+                devices: vec![],
+            },
+            https_redirect: false,
+            action: Action::Forward(Forward {
+                backends: vec![WeightedCluster {
+                    cluster: "c".into(),
+                    weight: 1,
+                }],
+                timeouts: Timeouts {
+                    request_ms: 1000,
+                    backend_request_ms: 1000,
+                },
+                retry: RetryPolicy {
+                    attempts: 0,
+                    on: vec![],
+                    backoff_ms: 0,
+                    budget_percent: 20,
+                },
+            }),
+            request_headers: None,
+            response_headers: None,
+            url_rewrite: None,
+            transform: None,
+            cache: None,
+            auth: None,
+            rate_limits: vec![],
+        };
+        let snapshot = snapshot::Snapshot {
+            virtual_hosts: vec![VirtualHost {
+                hostname: "example.com".into(),
+                routes: vec![route],
+            }],
+            clusters: [("c".to_owned(), cluster)].into(),
+            ..snapshot::Snapshot::default()
+        };
+        Table::build(
+            Arc::new(snapshot),
+            &crate::upstream::Clients::default(),
+            None,
+            &crate::metrics::Metrics::default(),
+            &crate::auth::AuthState::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn upstream_uris_match_parsing_the_whole_uri() {
+        for prefix in [None, Some("/v2/"), Some("/v2"), Some("v2")] {
+            let table = forwarding_table(prefix);
+            let cluster = table.route_runtime(0).pick_backend().unwrap();
+            let base = prefix.map_or("", |p| p.trim_end_matches('/'));
+            for (path, query) in [
+                ("/", None),
+                ("/items/1", Some("a=1&b=%20")),
+                ("/a%2Fb", Some("")),
+                ("*", None),
+                ("/bad path", None),
+            ] {
+                let full = match query {
+                    Some(q) => format!("http://127.0.0.1:8080{base}{path}?{q}"),
+                    None => format!("http://127.0.0.1:8080{base}{path}"),
+                };
+                let expected = full.parse::<Uri>().ok();
+                let got = cluster.uri(0, path, query).ok();
+                assert_eq!(got, expected, "{prefix:?} {path} {query:?}");
+            }
         }
     }
 

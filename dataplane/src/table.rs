@@ -57,6 +57,8 @@ pub struct ClusterRuntime {
     /// Pooled client.
     pub client: HttpClient,
     authorities: Vec<String>,
+    /// The same, parsed once for building upstream URIs.
+    uri_authorities: Vec<http::uri::Authority>,
     balancer: Balancer,
     in_flight: Arc<[AtomicU32]>,
     health: Option<Arc<HealthTable>>,
@@ -120,6 +122,11 @@ impl ClusterRuntime {
     /// `host:port` of an endpoint.
     pub fn authority(&self, endpoint: usize) -> Option<&str> {
         self.authorities.get(endpoint).map(String::as_str)
+    }
+
+    /// `host:port` of an endpoint, as a URI authority.
+    pub fn uri_authority(&self, endpoint: usize) -> Option<&http::uri::Authority> {
+        self.uri_authorities.get(endpoint)
     }
 
     /// Picks a healthy endpoint, avoiding `exclude` (the endpoint a retry
@@ -455,18 +462,20 @@ fn build_cluster(
     metrics: &Metrics,
 ) -> Result<ClusterRuntime, BuildError> {
     let mut authorities = Vec::with_capacity(cluster.endpoints.len());
+    let mut uri_authorities = Vec::with_capacity(cluster.endpoints.len());
     for endpoint in &cluster.endpoints {
         let authority = if endpoint.host.contains(':') {
             format!("[{}]:{}", endpoint.host, endpoint.port)
         } else {
             format!("{}:{}", endpoint.host, endpoint.port)
         };
-        if authority.parse::<http::uri::Authority>().is_err() {
+        let Ok(parsed) = authority.parse::<http::uri::Authority>() else {
             return Err(BuildError::Cluster {
                 cluster: name.to_owned(),
                 reason: format!("invalid endpoint address {authority}"),
             });
-        }
+        };
+        uri_authorities.push(parsed);
         authorities.push(authority);
     }
     let policy = match cluster.load_balancer {
@@ -510,6 +519,7 @@ fn build_cluster(
         config: cluster.clone(),
         client,
         authorities,
+        uri_authorities,
         balancer,
         in_flight,
         health,
