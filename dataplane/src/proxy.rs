@@ -246,6 +246,7 @@ async fn serve(
             redirect,
             conn.tls,
             &host,
+            request_port(&req, conn),
             &path,
             query.as_deref(),
             prefix_len,
@@ -392,10 +393,28 @@ fn redirect_to(status: StatusCode, location: &str) -> Response<Body> {
     response
 }
 
+/// The port the client addressed: from the URI authority or `Host`, else
+/// the listener's.
+fn request_port<B>(req: &Request<B>, conn: &ConnInfo) -> Option<u16> {
+    req.uri()
+        .authority()
+        .and_then(|a| a.port_u16())
+        .or_else(|| {
+            let host = req.headers().get(header::HOST)?.to_str().ok()?;
+            host.parse::<http::uri::Authority>().ok()?.port_u16()
+        })
+        .or(conn.local.map(|addr| addr.port()))
+}
+
+/// A redirect's `Location`. The port follows Gateway API: the filter's port
+/// if set; else the scheme's well-known port when the filter changes the
+/// scheme; else the port the client used.
+#[allow(clippy::too_many_arguments)]
 fn redirect_response(
     redirect: &Redirect,
     tls: bool,
     host: &str,
+    request_port: Option<u16>,
     path: &str,
     query: Option<&str>,
     prefix_len: usize,
@@ -406,7 +425,12 @@ fn redirect_response(
         .unwrap_or(if tls { "https" } else { "http" });
     let hostname = redirect.hostname.as_deref().unwrap_or(host);
     let default_port = if scheme == "https" { 443 } else { 80 };
-    let port = match redirect.port {
+    let chosen = match (redirect.port, &redirect.scheme) {
+        (Some(port), _) => Some(port),
+        (None, Some(_)) => None,
+        (None, None) => request_port,
+    };
+    let port = match chosen {
         Some(port) if port != default_port => format!(":{port}"),
         _ => String::new(),
     };
@@ -924,6 +948,48 @@ impl ClusterRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_keep_the_client_port_unless_the_scheme_changes() {
+        let location = |redirect: &Redirect, tls: bool, port: Option<u16>| {
+            redirect_response(redirect, tls, "shop.test", port, "/a", Some("x=1"), 0)
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let path_only = Redirect {
+            scheme: None,
+            hostname: None,
+            port: None,
+            path: Some(PathRewrite::ReplaceFull("/b".into())),
+            status: 301,
+        };
+        assert_eq!(
+            location(&path_only, true, Some(8443)).as_deref(),
+            Some("https://shop.test:8443/b?x=1")
+        );
+        assert_eq!(
+            location(&path_only, true, Some(443)).as_deref(),
+            Some("https://shop.test/b?x=1")
+        );
+        let to_https = Redirect {
+            scheme: Some("https".into()),
+            ..path_only.clone()
+        };
+        assert_eq!(
+            location(&to_https, false, Some(8080)).as_deref(),
+            Some("https://shop.test/b?x=1")
+        );
+        let explicit = Redirect {
+            port: Some(9443),
+            ..to_https
+        };
+        assert_eq!(
+            location(&explicit, false, Some(8080)).as_deref(),
+            Some("https://shop.test:9443/b?x=1")
+        );
+    }
 
     #[test]
     fn prefix_rewrite_keeps_the_rest_of_the_path() {
