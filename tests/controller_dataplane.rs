@@ -664,3 +664,125 @@ async fn secret_rotation_under_h2load_fails_no_request() -> Result<()> {
     }
     Ok(())
 }
+
+fn lease_holder(api: &testkit::KubeApiserver) -> Result<Option<String>> {
+    let out = api.kubectl_output(
+        &[
+            "get",
+            "lease",
+            "ferrogate-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    )?;
+    Ok((out.success() && !out.stdout.trim().is_empty()).then(|| out.stdout.trim().to_owned()))
+}
+
+/// Dataplanes connect to any replica; the leader's status counts them all
+/// (each replica reports its dataplanes in a Lease of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_counts_the_dataplanes_of_every_replica() -> Result<()> {
+    let netns = NetNs::create()?;
+    let _upstreams = Upstreams::start(&netns, &[("a", 8081), ("b", 8082)])?;
+    let api = tokio::task::block_in_place(apiserver_with_crds)?;
+    let certs = tempfile::tempdir()?;
+    certgen(certs.path())?;
+    api.kubectl_apply_stdin(&upstream_service("a", netns.inside_ip, 8081))?;
+    api.kubectl_apply_stdin(&upstream_service("b", netns.inside_ip, 8082))?;
+    api.kubectl_apply_stdin(&route_yaml("default", "shop", HOST, "up-a"))?;
+
+    let args = controller_args(certs.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ctl_a = ControllerProcess::start(api.kubeconfig_path(), "ctl-a", &args)?;
+    let ctl_b = ControllerProcess::start(api.kubeconfig_path(), "ctl-b", &args)?;
+    let (state_a, state_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let dp_a = Dataplane::start(
+        ctl_a.stream.context("stream a")?,
+        "dp-a",
+        certs.path(),
+        state_a.path(),
+    )?;
+    let dp_b = Dataplane::start(
+        ctl_b.stream.context("stream b")?,
+        "dp-b",
+        certs.path(),
+        state_b.path(),
+    )?;
+    let logs = || {
+        format!(
+            "ctl-a:\n{}\nctl-b:\n{}\ndp-a:\n{}\ndp-b:\n{}",
+            ctl_a.log(),
+            ctl_b.log(),
+            dp_a.log(),
+            dp_b.log()
+        )
+    };
+    let leader = wait_for(WAIT, "a leader", || lease_holder(&api), logs)?;
+    // Programmed counts the dataplanes the leader knows of; the other
+    // replica's report arrives within moments.
+    wait_for(
+        WAIT,
+        "Programmed with 2/2 (one dataplane on each replica)",
+        || {
+            let v = get(&api, "apiroute", "default", "shop")?;
+            Ok(
+                (has(&v, "Programmed", "True", "Programmed") && v["status"]["dataplanes"] == "2/2")
+                    .then_some(()),
+            )
+        },
+        logs,
+    )?;
+
+    // The follower's dataplane stops ACKing: the leader sees it through the
+    // follower's report.
+    let (follower_dp, follower_is_b) = if leader == "ctl-a" {
+        (&dp_b, true)
+    } else {
+        (&dp_a, false)
+    };
+    follower_dp.signal("-STOP");
+    set_backend(&api, "b")?;
+    wait_for(
+        WAIT,
+        "Pending with 1/2 while the follower's dataplane does not ACK",
+        || {
+            let v = get(&api, "apiroute", "default", "shop")?;
+            Ok((v["status"]["observedGeneration"] == 2
+                && has(&v, "Programmed", "False", "Pending")
+                && v["status"]["dataplanes"] == "1/2")
+                .then_some(()))
+        },
+        logs,
+    )?;
+    follower_dp.signal("-CONT");
+    wait_for(
+        WAIT,
+        "Programmed with 2/2 once it ACKs",
+        || {
+            let v = get(&api, "apiroute", "default", "shop")?;
+            Ok(
+                (has(&v, "Programmed", "True", "Programmed") && v["status"]["dataplanes"] == "2/2")
+                    .then_some(()),
+            )
+        },
+        logs,
+    )?;
+
+    // A dead follower's report expires: its dataplane no longer counts.
+    if follower_is_b {
+        Command::new("kill")
+            .args(["-KILL", &ctl_b.pid().to_string()])
+            .status()?;
+        wait_for(
+            Duration::from_secs(20),
+            "1/1 after the follower died",
+            || {
+                let v = get(&api, "apiroute", "default", "shop")?;
+                Ok((v["status"]["dataplanes"] == "1/1").then_some(()))
+            },
+            logs,
+        )?;
+    }
+    Ok(())
+}

@@ -23,6 +23,7 @@
 //! - [`status`]: the truthful status (`Programmed` from ACKs) and its writer.
 //! - [`leader`]: Lease-based leader election.
 //! - [`issuer`]: certificate issuance and renewal.
+//! - [`replicas`]: each replica's dataplanes, reported to the leader.
 //! - [`stream`]: the snapshot stream to dataplanes (mutual TLS, HTTP/2).
 //!
 //! Every replica watches, compiles and serves the stream (the compiler is
@@ -33,6 +34,7 @@ pub mod compiler;
 pub mod index;
 pub mod issuer;
 pub mod leader;
+pub mod replicas;
 pub mod status;
 pub mod stream;
 pub mod throttle;
@@ -256,12 +258,26 @@ pub async fn run(
         compiled_tx,
         shutdown.clone(),
     ));
+    let reports = Arc::new(replicas::Reports::default());
+    let reporter = tokio::spawn(replicas::publish(
+        client.clone(),
+        config.lease.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(replicas::watch_reports(
+        client.clone(),
+        config.lease.clone(),
+        reports.clone(),
+        shutdown.clone(),
+    ));
     let issuers = Arc::new(issuer::IssuerStates::default());
     tasks.spawn(status::run(
         client.clone(),
         shared.clone(),
         compiled_rx,
         tracker.clone(),
+        reports,
         issuers.clone(),
         leader_rx.clone(),
         config.status.clone(),
@@ -303,6 +319,7 @@ pub async fn run(
     // The leader releases its lease on the way out, so that another
     // replica takes over at its next retry instead of after expiry.
     let _ = tokio::time::timeout(Duration::from_secs(5), leader_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
     tasks.abort_all();
     result
 }

@@ -25,6 +25,7 @@ pub mod desired;
 use crate::compiler::{unix_now, CompileOutput, Generations};
 use crate::index::{Index, SharedIndex};
 use crate::issuer::{self, IssuerStates};
+use crate::replicas::Reports;
 use crate::stream::AckTracker;
 use crate::throttle::TokenBucket;
 use crds::tls::TlsCertificateStatus;
@@ -208,6 +209,7 @@ pub async fn run(
     shared: Arc<SharedIndex>,
     mut compiled: watch::Receiver<Option<Arc<CompileOutput>>>,
     tracker: AckTracker,
+    reports: Arc<Reports>,
     issuers: Arc<IssuerStates>,
     mut leader: watch::Receiver<bool>,
     settings: StatusSettings,
@@ -229,23 +231,32 @@ pub async fn run(
     let mut acks_changed = tracker.changed();
     let mut observed_changed = shared.observed_changes();
     let mut issued_changed = issuers.changes();
+    let mut reports_changed = reports.changes();
     loop {
         let is_leader = *leader.borrow_and_update();
         let output = compiled.borrow_and_update().clone();
         acks_changed.borrow_and_update();
         observed_changed.borrow_and_update();
         issued_changed.borrow_and_update();
+        reports_changed.borrow_and_update();
 
         let mut pending = 0;
         if let (true, Some(output)) = (is_leader, output) {
-            let dataplanes = tracker.dataplanes();
-            let acks: Vec<Option<&Generations>> = dataplanes
+            // This replica's dataplanes, then those other live replicas
+            // report (a dataplane id once: the local view wins).
+            let mut hashes: Vec<(String, Option<String>)> = tracker
+                .dataplanes()
+                .into_iter()
+                .map(|d| (d.id, d.acked_hash))
+                .collect();
+            for remote in reports.live(&settings.instance, Instant::now()) {
+                if !hashes.iter().any(|(id, _)| *id == remote.id) {
+                    hashes.push((remote.id, remote.acked_hash));
+                }
+            }
+            let acks: Vec<Option<&Generations>> = hashes
                 .iter()
-                .map(|d| {
-                    d.acked_hash
-                        .as_deref()
-                        .and_then(|h| output.generations_of(h))
-                })
+                .map(|(_, hash)| hash.as_deref().and_then(|h| output.generations_of(h)))
                 .collect();
             let now = unix_now();
             let writes = shared.read(|index| plan(index, &output, &acks, &issuers, &failures, now));
@@ -266,6 +277,7 @@ pub async fn run(
             r = acks_changed.changed() => if r.is_err() { return },
             r = observed_changed.changed() => if r.is_err() { return },
             r = issued_changed.changed() => if r.is_err() { return },
+            r = reports_changed.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(settings.tick) => {}
             _ = shutdown.wait_for(|s| *s) => return,
