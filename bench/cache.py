@@ -105,6 +105,7 @@ def main():
         raise SystemExit(f"{args.binary} is missing: run cargo build --release")
 
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    # `user root` below: nginx's workers must write their cache here.
     tmp = tempfile.mkdtemp(prefix="fg-cache-bench-", dir=base)
     os.makedirs(f"{tmp}/www")
     body = catalogue(args.body)
@@ -115,6 +116,7 @@ def main():
         f.write(f"""
 worker_processes 1;
 daemon off;
+user root;
 pid {tmp}/up.pid;
 error_log stderr error;
 events {{ worker_connections 4096; }}
@@ -133,6 +135,7 @@ http {{
         f.write(f"""
 worker_processes 1;
 daemon off;
+user root;
 pid {tmp}/px.pid;
 error_log stderr error;
 events {{ worker_connections 4096; }}

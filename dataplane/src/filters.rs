@@ -123,10 +123,7 @@ where
                     f.host,
                     f.path,
                     f.query,
-                    &format!(
-                        "{}/{}/{}",
-                        f.route.id.namespace, f.route.id.name, f.route.id.rule
-                    ),
+                    (&f.runtime.route_label, &f.runtime.rule_label),
                     policy.key_device.then_some(f.device),
                     transformed,
                     &policy.key_headers,

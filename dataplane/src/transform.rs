@@ -197,26 +197,31 @@ impl Trimmer {
         if body.len() > self.max_body_bytes {
             return Err(Skip::TooLarge);
         }
-        let raw: &RawValue = serde_json::from_slice(body).map_err(|_| Skip::Invalid)?;
+        // Each level is parsed once, straight from the text: no separate
+        // validation pass over the whole body.
+        let text = std::str::from_utf8(body).map_err(|_| Skip::Invalid)?;
         let mut out = Vec::with_capacity(body.len());
-        match first_byte(raw) {
-            b'{' => self.object(raw, &self.root, &mut out)?,
-            b'[' => {
-                let elements = parse_array(raw)?;
+        match text.bytes().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => self.object(text, &self.root, &mut out)?,
+            Some(b'[') => {
+                let elements = parse_array(text)?;
                 out.push(b'[');
                 for (i, element) in elements.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
                     if first_byte(element) == b'{' {
-                        self.object(element, &self.root, &mut out)?;
+                        self.object(element.get(), &self.root, &mut out)?;
                     } else {
                         out.extend_from_slice(element.get().as_bytes());
                     }
                 }
                 out.push(b']');
             }
-            _ => out.extend_from_slice(raw.get().as_bytes()),
+            _ => {
+                let raw: &RawValue = serde_json::from_str(text).map_err(|_| Skip::Invalid)?;
+                out.extend_from_slice(raw.get().as_bytes());
+            }
         }
         Ok(out)
     }
@@ -252,8 +257,8 @@ impl Trimmer {
     }
 
     /// Writes the object `raw` trimmed by `node` into `out`.
-    fn object(&self, raw: &RawValue, node: &Node, out: &mut Vec<u8>) -> Result<(), Skip> {
-        let entries = parse_object(raw)?;
+    fn object(&self, text: &str, node: &Node, out: &mut Vec<u8>) -> Result<(), Skip> {
+        let entries = parse_object(text)?;
         out.push(b'{');
         let mut first = true;
         for (key, value) in entries {
@@ -269,12 +274,12 @@ impl Trimmer {
                 out.push(b',');
             }
             first = false;
-            serde_json::to_writer(&mut *out, &key).map_err(|_| Skip::Invalid)?;
+            serde_json::to_writer(&mut *out, &*key).map_err(|_| Skip::Invalid)?;
             out.push(b':');
             match emit {
                 Emit::Raw => out.extend_from_slice(value.get().as_bytes()),
-                Emit::Object(child) => self.object(value, &child.next, out)?,
-                Emit::Each(child) => self.array(value, child, out)?,
+                Emit::Object(child) => self.object(value.get(), &child.next, out)?,
+                Emit::Each(child) => self.array(value.get(), child, out)?,
             }
         }
         out.push(b'}');
@@ -297,8 +302,8 @@ impl Trimmer {
         }
     }
 
-    fn array(&self, raw: &RawValue, child: &Child, out: &mut Vec<u8>) -> Result<(), Skip> {
-        let elements = parse_array(raw)?;
+    fn array(&self, text: &str, child: &Child, out: &mut Vec<u8>) -> Result<(), Skip> {
+        let elements = parse_array(text)?;
         out.push(b'[');
         let mut first = true;
         for element in elements {
@@ -311,7 +316,7 @@ impl Trimmer {
             }
             first = false;
             if kind == b'{' {
-                self.object(element, &child.next, out)?;
+                self.object(element.get(), &child.next, out)?;
             } else {
                 out.extend_from_slice(element.get().as_bytes());
             }
@@ -356,8 +361,33 @@ fn decode_limited(reader: impl Read, limit: usize) -> Result<Vec<u8>, Skip> {
     Ok(out)
 }
 
+/// An object key, borrowed from the body unless it has escapes.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
 /// An object's entries in order (duplicates kept), values unparsed.
-struct Entries<'a>(Vec<(String, &'a RawValue)>);
+struct Entries<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> serde::Deserialize<'de> for Entries<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -369,9 +399,9 @@ impl<'de> serde::Deserialize<'de> for Entries<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8).min(256));
-                while let Some(key) = map.next_key::<String>()? {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
-                    entries.push((key, value));
+                    entries.push((key.0, value));
                 }
                 Ok(Entries(entries))
             }
@@ -403,14 +433,14 @@ impl<'de> serde::Deserialize<'de> for Elements<'de> {
     }
 }
 
-fn parse_object(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, Skip> {
-    serde_json::from_str::<Entries>(raw.get())
+fn parse_object(text: &str) -> Result<Vec<(std::borrow::Cow<'_, str>, &RawValue)>, Skip> {
+    serde_json::from_str::<Entries>(text)
         .map(|e| e.0)
         .map_err(|_| Skip::Invalid)
 }
 
-fn parse_array(raw: &RawValue) -> Result<Vec<&RawValue>, Skip> {
-    serde_json::from_str::<Elements>(raw.get())
+fn parse_array(text: &str) -> Result<Vec<&RawValue>, Skip> {
+    serde_json::from_str::<Elements>(text)
         .map(|e| e.0)
         .map_err(|_| Skip::Invalid)
 }

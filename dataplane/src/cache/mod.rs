@@ -173,6 +173,7 @@ pub struct Store {
     entries: Cache<Arc<str>, Arc<Entry>>,
     vary: Cache<Arc<str>, Arc<[HeaderName]>>,
     inflight: Arc<Mutex<HashMap<Arc<str>, watch::Receiver<()>>>>,
+    varies: std::sync::atomic::AtomicBool,
     bytes: Gauge,
     count: Gauge,
 }
@@ -200,6 +201,7 @@ impl Store {
             entries,
             vary,
             inflight: Arc::default(),
+            varies: std::sync::atomic::AtomicBool::new(false),
             bytes,
             count,
         }
@@ -208,6 +210,10 @@ impl Store {
     /// The full key of a request: `primary` plus the request's values of
     /// the headers earlier responses for `primary` varied on.
     pub async fn full_key(&self, primary: &Arc<str>, request: &HeaderMap) -> Arc<str> {
+        // Most stores never see a Vary: skip the second lookup then.
+        if !self.varies.load(std::sync::atomic::Ordering::Relaxed) {
+            return primary.clone();
+        }
         match self.vary.get(primary).await {
             Some(names) if !names.is_empty() => Arc::from(vary_key(primary, &names, request)),
             _ => primary.clone(),
@@ -232,6 +238,8 @@ impl Store {
             self.vary.invalidate(primary).await;
             primary.clone()
         } else {
+            self.varies
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.vary.insert(primary.clone(), Arc::from(vary)).await;
             Arc::from(vary_key(primary, vary, request))
         };
@@ -297,7 +305,7 @@ pub fn primary_key(
     host: &str,
     path: &str,
     query: Option<&str>,
-    rule: &str,
+    rule: (&str, &str),
     device: Option<crds::DeviceClass>,
     transformed: Option<bool>,
     key_headers: &[String],
@@ -311,7 +319,9 @@ pub fn primary_key(
         key.push_str(query);
     }
     key.push('\n');
-    key.push_str(rule);
+    key.push_str(rule.0);
+    key.push('/');
+    key.push_str(rule.1);
     if let Some(device) = device {
         key.push_str("\ndevice=");
         key.push_str(device.as_str());
@@ -377,7 +387,7 @@ mod tests {
             "shop.example",
             "/products",
             Some("page=2"),
-            "ns/route/rule",
+            ("ns/route", "rule"),
             Some(crds::DeviceClass::Mobile),
             Some(true),
             &["x-tenant".into(), "x-none".into()],
