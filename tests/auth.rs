@@ -727,7 +727,8 @@ stringData:
 
 type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;
 
-/// A forward-auth service: `Bearer good` passes (with `x-auth-user`),
+/// A forward-auth service: `Bearer good` passes (with `x-auth-user` and
+/// an exchanged `authorization`),
 /// anything else gets 403 with a JSON body. While `slow` is set it takes
 /// 3 s to answer.
 async fn auth_service() -> (
@@ -764,6 +765,7 @@ async fn auth_service() -> (
                         let response = if good {
                             Response::builder()
                                 .header("x-auth-user", "alice")
+                                .header("authorization", "Bearer exchanged")
                                 .header("x-ignored", "1")
                                 .body(Full::new(Bytes::new()))
                         } else {
@@ -794,7 +796,7 @@ fn forward_policy(url: &str) -> String {
     - forward:
         url: \"{url}\"
         requestHeaders: [Authorization]
-        upstreamHeaders: [X-Auth-User]
+        upstreamHeaders: [X-Auth-User, Authorization]
         timeout: 500ms
 "
     ))
@@ -828,6 +830,8 @@ async fn forward_auth_allows_denies_and_fails_closed() {
     assert_eq!(ok.status, 200, "{ok:?}\n{}", gateway.log());
     let upstream_saw = ok.json()["headers"].clone();
     assert_eq!(upstream_saw["x-auth-user"], "alice", "{upstream_saw}");
+    // The service may exchange the client's credential for another.
+    assert_eq!(upstream_saw["authorization"], "Bearer exchanged");
     assert!(upstream_saw.get("x-ignored").is_none());
     {
         let seen = seen.lock().expect("seen");

@@ -177,19 +177,21 @@ impl JwtProvider {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(Reason::Malformed);
         }
-        let alg = header_algorithm(token)?;
-        if !self.algorithms.contains(&alg) {
-            return Err(Reason::Algorithm);
-        }
         let mut keys = match &self.keys {
             Keys::Static(set) => set.clone(),
             Keys::Remote(cache) => cache.keys(now).await.map_err(|_| Reason::KeysUnavailable)?,
         };
+        // A token this provider verified with the same keys: only the times
+        // can have changed.
         if let Some(hit) = self.verified.get(token) {
             if hit.generation == keys.generation {
                 hit.times.check(now_ms, self.skew_ms)?;
                 return Ok(hit);
             }
+        }
+        let alg = header_algorithm(token)?;
+        if !self.algorithms.contains(&alg) {
+            return Err(Reason::Algorithm);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Reason::Malformed)?;
         let kid = header.kid.as_deref().filter(|k| k.len() <= 1024);
@@ -587,6 +589,26 @@ mod tests {
                 .map(|_| ()),
             Err(Reason::Algorithm)
         );
+    }
+
+    proptest::proptest! {
+        /// Untrusted tokens never panic the verifier and never pass.
+        #[test]
+        fn arbitrary_tokens_are_refused_without_panics(
+            header in "[ -~]{0,80}",
+            payload in "[ -~]{0,200}",
+            signature in "[A-Za-z0-9_-]{0,90}",
+            raw in "\\PC{0,300}",
+        ) {
+            let provider = hmac_provider(vec![JwtAlgorithm::HS256]);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            let token = format!("{}.{}.{signature}", b64(&header), b64(&payload));
+            for t in [token.as_str(), raw.as_str()] {
+                let outcome = runtime.block_on(provider.verify_at(t, NOW, Instant::now()));
+                proptest::prop_assert!(outcome.is_err());
+            }
+        }
     }
 
     #[test]

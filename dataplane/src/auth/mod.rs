@@ -1,15 +1,16 @@
 //! The authentication and authorization phases.
 //!
 //! ```text
-//!  remove headers we set ourselves (claim headers, forward-auth headers)
-//!    ─▶ methods in order: JWT | API key | basic | forward
+//!  methods in order: JWT | API key | basic | forward
 //!         first that accepts the request's credentials wins
 //!    ─▶ none accepted:  forward denial  -> that answer
 //!                       forward down    -> 503 (fail closed)
 //!                       bad credentials -> 401 + WWW-Authenticate
 //!                       no credentials  -> 401, or anonymous if allowed
 //!    ─▶ authorization rules (first match decides; default deny) -> 403
-//!    ─▶ strip credentials (unless forwardCredentials), add claim headers
+//!    ─▶ strip credentials (unless forwardCredentials); replace the
+//!       headers the policy sets (claim headers, forward-auth answer
+//!       headers) whatever the client sent
 //! ```
 //!
 //! Every method yields the same [`Identity`] (consumer, organization,
@@ -318,9 +319,6 @@ impl AuthRuntime {
         query: &mut Option<String>,
         info: &mut RequestInfo,
     ) -> Result<Option<Identity>, Response<Bytes>> {
-        for name in &self.injected {
-            req.headers_mut().remove(name);
-        }
         let mut accepted: Option<(Identity, AddedHeaders<'_>)> = None;
         let mut failure = Failure::Missing;
         let client_ip = ctx.client_ip(req.headers());
@@ -449,6 +447,12 @@ impl AuthRuntime {
             for source in &self.strip {
                 strip_credential(source, req.headers_mut(), query);
             }
+        }
+        // Headers this policy sets replace whatever the client sent (so
+        // they cannot be forged). Done last: a forward-auth service may
+        // answer with a header the methods above read, like Authorization.
+        for name in &self.injected {
+            req.headers_mut().remove(name);
         }
         for (name, value) in headers.iter() {
             req.headers_mut().append(name.clone(), value.clone());

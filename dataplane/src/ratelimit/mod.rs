@@ -630,6 +630,24 @@ mod tests {
         assert_eq!(client_ip(peer, &HeaderMap::new(), &cfg), peer);
     }
 
+    proptest::proptest! {
+        /// Whatever X-Forwarded-For holds, the answer is the peer or one of
+        /// the listed addresses, and nothing panics.
+        #[test]
+        fn arbitrary_forwarded_for_never_panics(value in "[ -~]{0,200}") {
+            let peer: IpAddr = "10.0.0.5".parse().expect("ip");
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                let mut h = HeaderMap::new();
+                h.insert("x-forwarded-for", v);
+                let ip = client_ip(peer, &h, &config(&["10.0.0.0/8"]));
+                let listed = value
+                    .split(',')
+                    .any(|e| parse_forwarded_ip(e.trim()) == Some(ip));
+                proptest::prop_assert!(ip == peer || listed);
+            }
+        }
+    }
+
     #[test]
     fn header_values_follow_the_draft() {
         assert_eq!(sf_string("per-user"), "\"per-user\"");
