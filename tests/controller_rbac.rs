@@ -126,7 +126,7 @@ kind: Secret
 metadata:
   name: key-1
   namespace: default
-  labels: {app: shop, ferrogate.dev/credential: 'true'}
+  labels: {app: shop}
 stringData: {api-key: s3cret-key-0123456789, consumer: alice}
 ",
     )?;

@@ -1,7 +1,7 @@
 //! The compile loop: index changes in, published snapshots and statuses out.
 //!
 //! ```text
-//! wait until every watcher listed once
+//! wait until every watcher listed once and referenced Secrets were read
 //! loop:
 //!   compile revision ticks ─► wait the debounce window (a few ms, so that a
 //!                             `kubectl apply` of many objects compiles once)
@@ -75,12 +75,12 @@ pub async fn run(
     output: watch::Sender<Option<Arc<CompileOutput>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut synced = shared.synced();
+    let mut ready = shared.ready();
     tokio::select! {
-        _ = synced.wait_for(|s| *s) => {}
+        _ = ready.wait_for(|s| *s) => {}
         _ = shutdown.wait_for(|s| *s) => return,
     }
-    tracing::info!("every watcher listed; compiling");
+    tracing::info!("every watcher listed and referenced Secrets read; compiling");
 
     let mut changes = shared.compile_changes();
     let mut previous: Option<Compiled> = None;

@@ -6,8 +6,11 @@
 //!                     │  strips what neither compile nor status needs
 //!                     │  (managedFields, last-applied annotation, status)
 //!                     ├─► compile revision += 1  when compile input changed
-//!                     └─► observed revision += 1  when a Ferrogate object's
-//!                                                 status/resourceVersion changed
+//!                     ├─► observed revision += 1  when a Ferrogate object's
+//!                     │                           status/resourceVersion changed
+//!                     └─► secret revision += 1    when Secret metadata changed
+//!                                                 (wakes the Secret reader, see
+//!                                                 [`crate::secrets`])
 //! compile loop ◄── Index::resources()   (a copy, taken under the lock)
 //! status writer ◄── Index::observed()   (resourceVersion, generation, status)
 //! ```
@@ -21,6 +24,7 @@ use crds::{ApiRoute, AuthPolicy, RateLimitPolicy, TlsCertificate};
 use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
 use kube::Resource;
 use serde::Serialize;
 use snapshot::compile::{
@@ -88,6 +92,14 @@ impl<K: Clone> Store<K> {
         self.objects.values()
     }
 
+    /// The objects of one namespace, sorted by name.
+    pub fn in_namespace<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a K> + 'a {
+        self.objects
+            .range((namespace.to_owned(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, object)| object)
+    }
+
     fn cloned(&self) -> Vec<K> {
         self.objects.values().cloned().collect()
     }
@@ -98,6 +110,9 @@ impl<K: Clone> Store<K> {
 pub trait Indexed: Resource + Clone + Serialize + Sized {
     /// The Ferrogate kind name (for [`ObjectKey`]), or `None` for core kinds.
     const FERROGATE_KIND: Option<&'static str>;
+    /// Whether the compiler reads it (Secret metadata only tells the
+    /// Secret reader what exists).
+    const COMPILE_INPUT: bool = true;
 
     /// Removes what the compiler never reads; returns the status (Ferrogate
     /// kinds only).
@@ -159,6 +174,15 @@ impl Indexed for Secret {
     }
 }
 
+impl Indexed for PartialObjectMeta<Secret> {
+    const FERROGATE_KIND: Option<&'static str> = None;
+    const COMPILE_INPUT: bool = false;
+    fn strip(&mut self) -> Option<TlsCertificateStatus> {
+        strip_meta(&mut self.metadata, true);
+        None
+    }
+}
+
 impl Indexed for EndpointSlice {
     const FERROGATE_KIND: Option<&'static str> = None;
     fn strip(&mut self) -> Option<TlsCertificateStatus> {
@@ -201,17 +225,20 @@ pub struct Change {
     pub compile: bool,
     /// A Ferrogate object's status, generation or resourceVersion changed.
     pub observed: bool,
+    /// Secret metadata changed.
+    pub secrets: bool,
 }
 
 impl Change {
     fn merge(&mut self, other: Change) {
         self.compile |= other.compile;
         self.observed |= other.observed;
+        self.secrets |= other.secrets;
     }
 
     /// Whether anything changed.
     pub fn any(self) -> bool {
-        self.compile || self.observed
+        self.compile || self.observed || self.secrets
     }
 }
 
@@ -232,10 +259,11 @@ pub struct Index {
     pub endpoint_slices: Store<EndpointSlice>,
     /// Endpoints (older clusters).
     pub endpoints: Store<Endpoints>,
-    /// Secrets of type `kubernetes.io/tls`.
-    pub tls_secrets: Store<Secret>,
-    /// Secrets labelled [`crate::CREDENTIAL_LABEL`].
-    pub credential_secrets: Store<Secret>,
+    /// Metadata of every Secret in scope (no data).
+    pub secret_meta: Store<PartialObjectMeta<Secret>>,
+    /// The Secrets Ferrogate resources reference, read by
+    /// [`crate::secrets`]: the only Secret data the controller holds.
+    pub secrets: Store<Secret>,
     observed: BTreeMap<ObjectKey, Observed>,
 }
 
@@ -254,11 +282,21 @@ impl Index {
         }
         let objects = &mut store(self).objects;
         let changed = match objects.get(&key) {
+            // Secret metadata changes only its resourceVersion when the
+            // data changes: that is the signal to read the Secret again.
+            Some(old) if !K::COMPILE_INPUT => {
+                old.meta().resource_version != object.meta().resource_version
+                    || compile_input(old) != compile_input(&object)
+            }
             Some(old) => compile_input(old) != compile_input(&object),
             None => true,
         };
         objects.insert(key, object);
-        change.compile = changed;
+        if K::COMPILE_INPUT {
+            change.compile = changed;
+        } else {
+            change.secrets = changed;
+        }
         change
     }
 
@@ -274,8 +312,26 @@ impl Index {
             let object_key = ObjectKey::new(kind, &key.0, &key.1);
             change.observed = self.observed.remove(&object_key).is_some();
         }
-        change.compile = store(self).objects.remove(&key).is_some();
+        let removed = store(self).objects.remove(&key).is_some();
+        if K::COMPILE_INPUT {
+            change.compile = removed;
+        } else {
+            change.secrets = removed;
+        }
         change
+    }
+
+    /// Removes one object by namespace and name.
+    pub fn delete_key<K: Indexed>(
+        &mut self,
+        store: fn(&mut Index) -> &mut Store<K>,
+        namespace: &str,
+        name: &str,
+    ) -> Change {
+        match store(self).get(namespace, name).cloned() {
+            Some(object) => self.delete(store, &object),
+            None => Change::default(),
+        }
     }
 
     /// Replaces every object of a store in `namespace` (all namespaces when
@@ -351,17 +407,8 @@ impl Index {
         &self.observed
     }
 
-    /// A copy of everything as the compiler's input. Secrets seen by both
-    /// Secret watchers appear once.
+    /// A copy of everything as the compiler's input.
     pub fn resources(&self) -> Resources {
-        let mut secrets = self.tls_secrets.cloned();
-        secrets.extend(
-            self.credential_secrets
-                .objects
-                .iter()
-                .filter(|(key, _)| !self.tls_secrets.objects.contains_key(*key))
-                .map(|(_, s)| s.clone()),
-        );
         Resources {
             api_routes: self.api_routes.cloned(),
             auth_policies: self.auth_policies.cloned(),
@@ -370,15 +417,13 @@ impl Index {
             services: self.services.cloned(),
             endpoint_slices: self.endpoint_slices.cloned(),
             endpoints: self.endpoints.cloned(),
-            secrets,
+            secrets: self.secrets.cloned(),
         }
     }
 
-    /// A Secret by namespace/name from either Secret store.
+    /// A Secret the controller has read.
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
-        self.tls_secrets
-            .get(namespace, name)
-            .or_else(|| self.credential_secrets.get(namespace, name))
+        self.secrets.get(namespace, name)
     }
 
     /// The current `metadata.generation` of a Ferrogate object.
@@ -395,6 +440,8 @@ pub struct SharedIndex {
     index: Mutex<Index>,
     compile_revision: watch::Sender<u64>,
     observed_revision: watch::Sender<u64>,
+    secret_revision: watch::Sender<u64>,
+    ready: watch::Sender<bool>,
     /// Watchers registered, and those that finished their first list.
     sync: Mutex<(usize, usize)>,
     synced: watch::Sender<bool>,
@@ -406,6 +453,8 @@ impl Default for SharedIndex {
             index: Mutex::new(Index::default()),
             compile_revision: watch::channel(0).0,
             observed_revision: watch::channel(0).0,
+            secret_revision: watch::channel(0).0,
+            ready: watch::channel(false).0,
             sync: Mutex::new((0, 0)),
             synced: watch::channel(false).0,
         }
@@ -424,6 +473,9 @@ impl SharedIndex {
         }
         if change.observed {
             self.observed_revision.send_modify(|r| *r += 1);
+        }
+        if change.secrets {
+            self.secret_revision.send_modify(|r| *r += 1);
         }
         change
     }
@@ -445,6 +497,23 @@ impl SharedIndex {
         self.observed_revision.subscribe()
     }
 
+    /// Ticks whenever Secret metadata changed.
+    pub fn secret_changes(&self) -> watch::Receiver<u64> {
+        self.secret_revision.subscribe()
+    }
+
+    /// Marks the index complete: every watcher listed and the referenced
+    /// Secrets were read once.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Turns true once the index is complete (see [`SharedIndex::set_ready`]):
+    /// compiling earlier would publish a partial snapshot.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
     /// Registers a watcher that has yet to finish its first list.
     pub fn register_watcher(&self) {
         let mut sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
@@ -461,8 +530,7 @@ impl SharedIndex {
         }
     }
 
-    /// Turns true once every registered watcher has listed its objects:
-    /// compiling earlier would publish a partial snapshot.
+    /// Turns true once every registered watcher has listed its objects.
     pub fn synced(&self) -> watch::Receiver<bool> {
         self.synced.subscribe()
     }
@@ -500,13 +568,13 @@ pub mod stores {
     pub fn endpoints(i: &mut Index) -> &mut Store<Endpoints> {
         &mut i.endpoints
     }
-    /// TLS Secrets.
-    pub fn tls_secrets(i: &mut Index) -> &mut Store<Secret> {
-        &mut i.tls_secrets
+    /// Secret metadata.
+    pub fn secret_meta(i: &mut Index) -> &mut Store<PartialObjectMeta<Secret>> {
+        &mut i.secret_meta
     }
-    /// Labelled credential Secrets.
-    pub fn credential_secrets(i: &mut Index) -> &mut Store<Secret> {
-        &mut i.credential_secrets
+    /// Secrets read.
+    pub fn secrets(i: &mut Index) -> &mut Store<Secret> {
+        &mut i.secrets
     }
 }
 
@@ -540,7 +608,8 @@ mod tests {
             change,
             Change {
                 compile: true,
-                observed: true
+                observed: true,
+                secrets: false
             }
         );
         let stored = index.api_routes.get("default", "a").expect("stored");
@@ -614,20 +683,39 @@ mod tests {
     }
 
     #[test]
-    fn secrets_from_both_watchers_appear_once() {
+    fn secret_metadata_is_not_compile_input() {
         let mut index = Index::default();
-        let secret = Secret {
+        let meta = PartialObjectMeta::<Secret> {
             metadata: ObjectMeta {
                 name: Some("s".into()),
                 namespace: Some("default".into()),
+                resource_version: Some("1".into()),
                 ..ObjectMeta::default()
             },
-            type_: Some("kubernetes.io/tls".into()),
+            ..PartialObjectMeta::default()
+        };
+        let change = index.apply(stores::secret_meta, meta.clone());
+        assert_eq!(
+            change,
+            Change {
+                compile: false,
+                observed: false,
+                secrets: true
+            }
+        );
+        assert!(index.resources().secrets.is_empty());
+        let secret = Secret {
+            metadata: meta.metadata.clone(),
             ..Secret::default()
         };
-        index.apply(stores::tls_secrets, secret.clone());
-        index.apply(stores::credential_secrets, secret);
+        assert!(index.apply(stores::secrets, secret).compile);
         assert_eq!(index.resources().secrets.len(), 1);
-        assert!(index.secret("default", "s").is_some());
+        let mut updated = meta.clone();
+        updated.metadata.resource_version = Some("2".into());
+        assert!(
+            index.apply(stores::secret_meta, updated.clone()).secrets,
+            "a new resourceVersion means new data to read"
+        );
+        assert!(index.delete(stores::secret_meta, &updated).secrets);
     }
 }

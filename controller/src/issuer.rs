@@ -16,9 +16,7 @@
 //! ```
 //!
 //! Only the leader issues (two replicas would each write a different key).
-//! The CA Secret must be visible to the controller: of type
-//! `kubernetes.io/tls`, or labelled `ferrogate.dev/credential`. Its
-//! `tls.key` may be PKCS#8, PKCS#1 or SEC1 for the checks, but signing
+//! The CA Secret's `tls.key` may be PKCS#8, PKCS#1 or SEC1 for the checks, but signing
 //! (rcgen with ring) needs PKCS#8 (`openssl pkcs8 -topk8 -nocrypt`).
 //! Issued keys are ECDSA P-256; `Rsa2048` is refused with a clear reason
 //! (ring cannot generate RSA keys).
@@ -333,9 +331,9 @@ pub async fn run(
         },
     );
     let mut changes = shared.compile_changes();
-    let mut synced = shared.synced();
+    let mut ready = shared.ready();
     tokio::select! {
-        _ = synced.wait_for(|s| *s) => {}
+        _ = ready.wait_for(|s| *s) => {}
         _ = shutdown.wait_for(|s| *s) => return,
     }
     let mut failures: HashMap<ObjectKey, (u32, Instant)> = HashMap::new();
@@ -442,10 +440,8 @@ async fn handle(client: &Client, shared: &SharedIndex, job: &Job) -> Result<Hand
         return Err(issue_error(
             "CASecretNotFound",
             format!(
-                "spec.issuer.caSecretName: Secret {ns}/{} not found (the controller sees only \
-                 Secrets of type kubernetes.io/tls or labelled {})",
-                job.issuer.ca_secret_name,
-                crate::CREDENTIAL_LABEL
+                "spec.issuer.caSecretName: Secret {ns}/{} not found",
+                job.issuer.ca_secret_name
             ),
         ));
     };
@@ -526,7 +522,7 @@ async fn handle(client: &Client, shared: &SharedIndex, job: &Job) -> Result<Hand
                 ),
             )
         })?;
-    shared.update(|index| index.apply(stores::tls_secrets, written));
+    shared.update(|index| index.apply(stores::secrets, written));
     Ok(Handled {
         renew_at: Some(issued.not_after - renew_before_secs(&job.issuer)),
         issued: Some(why),

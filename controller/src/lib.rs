@@ -17,7 +17,8 @@
 //!                        Secrets, status subresource, Events
 //! ```
 //!
-//! - [`watch`]: what is watched and why (Secrets only by type or label).
+//! - [`watch`]: what is watched (Secrets: metadata only).
+//! - [`secrets`]: reading the data of referenced Secrets only.
 //! - [`index`]: the synchronous store the watchers feed.
 //! - [`compiler`]: the debounced compile loop and publishing.
 //! - [`status`]: the truthful status (`Programmed` from ACKs) and its writer.
@@ -35,6 +36,7 @@ pub mod index;
 pub mod issuer;
 pub mod leader;
 pub mod replicas;
+pub mod secrets;
 pub mod status;
 pub mod stream;
 pub mod throttle;
@@ -49,11 +51,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch as channel;
 use tokio::task::JoinSet;
-
-/// The label that makes a Secret other than `kubernetes.io/tls` visible to
-/// the controller: API-key, htpasswd, JWKS and HMAC Secrets (and CAs held
-/// in Opaque Secrets) must carry it (any value).
-pub const CREDENTIAL_LABEL: &str = "ferrogate.dev/credential";
 
 /// Where the snapshot stream's certificate, key and client CA come from.
 #[derive(Clone, Debug)]
@@ -241,6 +238,11 @@ pub async fn run(
     }
 
     watch::spawn_all(&mut tasks, &client, &config.namespaces, endpoints, &shared);
+    tasks.spawn(secrets::run(
+        client.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
 
     let (leader_tx, leader_rx) = channel::channel(false);
     let leader_task = tokio::spawn(leader::run(

@@ -14,22 +14,17 @@
 //! - endpoints: EndpointSlices (`discovery.k8s.io/v1`) when the cluster
 //!   serves that version (asked once at start through discovery), else
 //!   core/v1 Endpoints;
-//! - Secrets, but only two kinds, chosen by the apiserver (field and label
-//!   selectors) so that neither the watch traffic nor the index ever holds
-//!   the cluster's other Secrets: those of type `kubernetes.io/tls`
-//!   (certificates, the issuer's CA, client-validation CAs) and those
-//!   labelled [`CREDENTIAL_LABEL`] (API keys, htpasswd, JWKS and HMAC
-//!   Secrets, or a CA held in an Opaque Secret). A Secret without either is
-//!   invisible to the compiler: references to it report `SecretNotFound`,
-//!   with a hint about the label.
+//! - Secrets: their metadata only (no data); [`crate::secrets`] reads
+//!   the data of the Secrets Ferrogate resources reference.
 //!
 //! With `--namespaces a,b` every kind is watched in each listed namespace
 //! (a watcher per kind and namespace, RBAC can then be namespaced Roles);
 //! otherwise across all namespaces.
 
 use crate::index::{stores, Index, Indexed, SharedIndex, Store};
-use crate::CREDENTIAL_LABEL;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -116,16 +111,13 @@ pub fn spawn_all(
                 spawn(tasks, client, s, shared, stores::endpoints, plain.clone())
             }
         }
-        let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
-        spawn(tasks, client, s, shared, stores::tls_secrets, tls);
-        let labelled = watcher::Config::default().labels(CREDENTIAL_LABEL);
-        spawn(
+        spawn::<PartialObjectMeta<Secret>>(
             tasks,
             client,
             s,
             shared,
-            stores::credential_secrets,
-            labelled,
+            stores::secret_meta,
+            plain.clone(),
         );
     }
 }

@@ -31,11 +31,6 @@ use snapshot::compile::{ObjectKey, ResourceStatusReport, KIND_TLS_CERTIFICATE};
 /// controller) gets `Expiring=True`.
 pub const EXPIRY_WARNING_SECS: i64 = 14 * 24 * 3600;
 
-/// Appended to `SecretNotFound` messages: the controller does not see every
-/// Secret (see [`crate::watch`]), so "not found" may mean "not labelled".
-pub const SECRET_HINT: &str = " (the controller sees only Secrets of type kubernetes.io/tls and \
-                               Secrets labelled ferrogate.dev/credential)";
-
 /// Per connected dataplane: the generations of the snapshot it last ACKed,
 /// when the controller still remembers that snapshot.
 pub type Acks<'a> = [Option<&'a Generations>];
@@ -80,11 +75,6 @@ pub fn desired(inputs: &Inputs<'_>) -> TlsCertificateStatus {
     };
 
     let mut conditions = report.conditions.clone();
-    for c in &mut conditions {
-        if c.reason == "SecretNotFound" && !c.message.contains(SECRET_HINT) {
-            c.message.push_str(SECRET_HINT);
-        }
-    }
     let generation_key = inputs.key.generation_key();
     let connected = inputs.acks.len();
     let serving_current = inputs
@@ -472,34 +462,5 @@ mod tests {
             now: NOW,
         });
         assert!(events(Some(&status), &good).is_empty());
-    }
-
-    #[test]
-    fn secret_not_found_says_which_secrets_are_visible() {
-        let key = ObjectKey::new("AuthPolicy", "default", "p");
-        let mut r = report(1, Some(1), true);
-        r.conditions[1] = Condition {
-            type_: "ResolvedRefs".into(),
-            status: "False".into(),
-            reason: "SecretNotFound".into(),
-            message: "Secret default/jwks not found".into(),
-            observed_generation: Some(1),
-            last_transition_time: None,
-        };
-        let status = desired(&Inputs {
-            key: &key,
-            report: &r,
-            observed: None,
-            acks: &[],
-            issuer: None,
-            now: NOW,
-        });
-        let c = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "ResolvedRefs")
-            .expect("c");
-        assert!(c.message.ends_with(SECRET_HINT), "{}", c.message);
-        assert!(c.message.contains("ferrogate.dev/credential"));
     }
 }
