@@ -16,6 +16,10 @@
 #      FERROGATE_TOOLS_BIN
 set -euo pipefail
 
+# One full build, not an incremental cache beside it: CI builds from scratch
+# once, and the incremental cache doubles the disk a build needs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
