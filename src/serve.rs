@@ -124,7 +124,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    let runtime = builder.enable_all().build().context("starting the runtime")?;
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(serve(args))
 }
 
@@ -171,7 +174,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..DataplaneConfig::default()
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let listeners = Listeners::bind(&config).await.context("binding listeners")?;
+    let listeners = Listeners::bind(&config)
+        .await
+        .context("binding listeners")?;
     let addrs = listeners.addrs();
     let config = DataplaneConfig {
         https_redirect_port: args
@@ -268,7 +273,9 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             if let Ok(entries) = std::fs::read_dir(&path) {
                 for entry in entries.flatten() {

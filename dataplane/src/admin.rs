@@ -123,7 +123,11 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let builder = Arc::new(builder);
     loop {

@@ -335,7 +335,11 @@ impl Table {
                             .collect();
                         let split = if forward.backends.len() > 1 {
                             Some(WeightedSplit::new(
-                                &forward.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+                                &forward
+                                    .backends
+                                    .iter()
+                                    .map(|b| b.weight)
+                                    .collect::<Vec<_>>(),
                             ))
                         } else {
                             None
@@ -358,7 +362,12 @@ impl Table {
                     reason: format!("named by route {route_label} but not in the snapshot"),
                 };
                 let route_auth = match &route.auth {
-                    Some(key) => Some(auth_policies.get(key).cloned().ok_or_else(|| missing(key))?),
+                    Some(key) => Some(
+                        auth_policies
+                            .get(key)
+                            .cloned()
+                            .ok_or_else(|| missing(key))?,
+                    ),
                     None => None,
                 };
                 let route_limits = if route.rate_limits.is_empty() {
@@ -366,7 +375,12 @@ impl Table {
                 } else {
                     let mut policies = Vec::with_capacity(route.rate_limits.len());
                     for key in &route.rate_limits {
-                        policies.push(limit_policies.get(key).cloned().ok_or_else(|| missing(key))?);
+                        policies.push(
+                            limit_policies
+                                .get(key)
+                                .cloned()
+                                .ok_or_else(|| missing(key))?,
+                        );
                     }
                     Some(Arc::new(crate::ratelimit::RouteLimits::new(policies)))
                 };
@@ -490,7 +504,9 @@ fn build_cluster(
         Duration::from_millis(cluster.connect_timeout_ms),
     );
     let same_endpoints = previous
-        .map(|p| p.authorities == authorities && p.config.outlier_detection == cluster.outlier_detection)
+        .map(|p| {
+            p.authorities == authorities && p.config.outlier_detection == cluster.outlier_detection
+        })
         .unwrap_or(false);
     let health = match &cluster.outlier_detection {
         None => None,
