@@ -168,7 +168,7 @@ async fn a_limit_admits_exactly_its_bucket_per_key() {
                 "  limits:
   - name: per-user
     requests: 5
-    period: 2s
+    period: 4s
     key: [{source: Header, name: x-user}]
 ",
             ),
@@ -178,7 +178,7 @@ async fn a_limit_admits_exactly_its_bucket_per_key() {
     let alice = burst(&client, 12, "/cart", &[("x-user", "alice")]).await;
     assert_eq!(passed(&alice), 5, "{alice:?}\n{}", gateway.log());
     let ok = alice.iter().find(|a| a.status == 200).expect("a pass");
-    assert_eq!(ok.headers["ratelimit-policy"], "\"per-user\";q=5;w=2");
+    assert_eq!(ok.headers["ratelimit-policy"], "\"per-user\";q=5;w=4");
     assert!(
         ok.headers["ratelimit"].starts_with("\"per-user\";r="),
         "{:?}",
@@ -194,8 +194,8 @@ async fn a_limit_admits_exactly_its_bucket_per_key() {
     let bob = burst(&client, 12, "/cart", &[("x-user", "bob")]).await;
     assert_eq!(passed(&bob), 5);
 
-    // The bucket refills at 5 per 2 s: after 2 s, 5 more.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // The bucket refills at 5 per 4 s: after 4 s, 5 more.
+    tokio::time::sleep(Duration::from_millis(4_100)).await;
     let again = burst(&client, 12, "/cart", &[("x-user", "alice")]).await;
     assert_eq!(passed(&again), 5);
     assert_eq!(metric(&gateway, "decision=\"limited\""), 7 + 7 + 7);
