@@ -555,15 +555,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         })
         .unwrap_or(false);
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // Look before removing: a removal hashes the name even when it is
+    // absent, and most messages carry few of these.
+    let mut present = [false; 8]; // one per HOP_BY_HOP entry
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+        has_upgrade |= name == header::UPGRADE;
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has_upgrade {
         headers.remove(header::UPGRADE);
     }
 }
@@ -1009,7 +1021,11 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("te", HeaderValue::from_static("trailers"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         strip_hop_by_hop(&mut headers, false);
+        assert!(!headers.contains_key("upgrade"));
+        assert!(!headers.contains_key("proxy-connection"));
         assert!(!headers.contains_key("connection"));
         assert!(!headers.contains_key("x-secret"));
         assert!(!headers.contains_key("keep-alive"));
