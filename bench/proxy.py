@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
 """Ferrogate vs nginx (and direct) as an HTTP reverse proxy, side by side.
 
-Placement (see the benchmarking recipe): wrk on CPU0; the proxy under test
-and the upstream (nginx, one worker, `return 200`) on CPU1. Every proxy
-gets one worker: nginx `worker_processes 1`, Ferrogate `--threads 1`.
-Runs are interleaved (direct, nginx, ferrogate, ...) and repeated; the
-median and min-max are printed, with ratios taken within the same run.
+Placement (see the benchmarking recipe): the load generator (wrk, h2load)
+on CPU0; the proxy under test and the upstream (nginx, one worker,
+`return 200`) on CPU1. Every proxy gets one worker: nginx
+`worker_processes 1`, Ferrogate `--threads 1`; upstream keep-alive on and
+access logs off for both. Runs are interleaved (direct, nginx, ferrogate,
+direct, ...) and repeated; the median and min-max are printed, and ratios
+are taken between medians of the same invocation.
 
     python3 bench/proxy.py [--runs 5] [--duration 10] [--routes 10]
                            [--body 0] [--binary target/release/ferrogate]
+                           [--quick] [--json FILE]
 
-Also measures, unless --quick: HTTPS handshake rate (new TLS connection
-per request, h2load) vs nginx, throughput at 10 vs 10,000 routes, and RSS
-with 10,000 routes.
+Unless --quick, it also measures:
+- throughput with 10 vs 10,000 routes (the request goes to the last
+  route's host), interleaved, and the RSS of the 10,000-route process;
+- HTTPS handshakes: every request on a new TLS connection (h2load with as
+  many clients as requests, so each client makes one request; SNI and Host
+  are bench.local), the same ECDSA P-256 certificate on both peers, no
+  session resumption (h2load never offers a session). Reported as
+  handshakes/s and as the proxy's CPU time per handshake.
+
+CPU us/req is the proxy process's utime+stime (all threads) over the run,
+divided by the requests wrk counted: the most stable figure on a busy
+machine. The load average is printed so that disturbed runs can be spotted.
 """
 import argparse
 import json
@@ -25,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +61,7 @@ def wait_port(port, timeout=20):
 
 
 def cpu_ticks(pid):
-    """utime + stime of a process and all its threads, in clock ticks."""
+    """utime + stime of a process (all its threads), in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -60,6 +73,11 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
 
 
 def parse_wrk(out):
@@ -103,9 +121,20 @@ def start(cmd, cpu="1", **kw):
     return subprocess.Popen(["taskset", "-c", cpu] + cmd, **kw)
 
 
+def nginx_return(body):
+    """A `return 200` of `body`. nginx refuses a single parameter longer
+    than 4 KiB, so a larger body is the concatenation of variables set from
+    4 KiB pieces."""
+    if len(body) <= 4000:
+        return f"return 200 '{body}';"
+    pieces = [body[i:i + 4000] for i in range(0, len(body), 4000)]
+    sets = " ".join(f"set $p{i} '{p}';" for i, p in enumerate(pieces))
+    return sets + " return 200 '" + "".join(f"$p{i}" for i in range(len(pieces))) + "';"
+
+
 def nginx_conf(path, listen, body, upstream_port=None):
     if upstream_port is None:
-        server = f"location / {{ return 200 '{body}'; }}"
+        server = f"location / {{ {nginx_return(body)} }}"
         upstream = ""
     else:
         upstream = f"upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
@@ -148,7 +177,7 @@ spec:
 
 
 class Ferrogate:
-    def __init__(self, binary, routes, upstream_port, tls=False, cert=None):
+    def __init__(self, binary, routes, upstream_port, cert=None):
         self.dir = tempfile.mkdtemp(prefix="fg-bench-")
         with open(os.path.join(self.dir, "routes.yaml"), "w") as f:
             f.write(routes_yaml(routes, upstream_port))
@@ -162,10 +191,14 @@ class Ferrogate:
                            "--access-log", "off"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{binary} serve exited before listening")
         event = json.loads(line)
         self.http = int(event["http"].rsplit(":", 1)[1])
         self.https = int(event["https"].rsplit(":", 1)[1])
         self.pid = self.proc.pid
+        # Keep reading stdout so that the process never blocks on a full pipe.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def stop(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -173,9 +206,13 @@ class Ferrogate:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def summarize(name, runs, key):
+def summarize(runs, key):
     values = [r[key] for r in runs]
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
 
 
 def main():
@@ -187,6 +224,7 @@ def main():
     ap.add_argument("--body", type=int, default=0, help="response body size in bytes")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/ferrogate"))
     ap.add_argument("--quick", action="store_true", help="only the req/s comparison")
+    ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
@@ -194,6 +232,7 @@ def main():
     if not os.path.exists(args.binary):
         raise SystemExit(f"{args.binary} is missing: run cargo build --release")
 
+    report = {"args": vars(args), "load_before": loadavg()}
     tmp = tempfile.mkdtemp(prefix="fg-bench-nginx-")
     body = "x" * args.body
     up_port, px_port = free_port(), free_port()
@@ -205,10 +244,12 @@ def main():
     wait_port(px_port)
     fg = Ferrogate(args.binary, args.routes, up_port)
     wait_port(fg.http)
+    upstream_worker = int(subprocess.run(["pgrep", "-P", str(upstream.pid)],
+                                         capture_output=True, text=True).stdout.split()[0])
     nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx_px.pid)],
                                       capture_output=True, text=True).stdout.split()[0])
     targets = [
-        ("direct", f"http://127.0.0.1:{up_port}/", None),
+        ("direct", f"http://127.0.0.1:{up_port}/", upstream_worker),
         ("nginx", f"http://127.0.0.1:{px_port}/", nginx_worker),
         ("ferrogate", f"http://127.0.0.1:{fg.http}/", fg.pid),
     ]
@@ -225,58 +266,107 @@ def main():
                     continue
                 results[name].append(r)
         print(f"# proxy benchmark: body {args.body} B, {args.routes} routes, "
-              f"{args.runs} x {args.duration}s, wrk -t1 -c50 (CPU0), proxies on CPU1")
-        print(f"{'target':<10} {'req/s':>22} {'p50 ms':>18} {'p99 ms':>18} {'CPU us/req':>20}")
-        for name, _, pid in targets:
+              f"{args.runs} x {args.duration}s, wrk -t1 -c50 (CPU0), proxies on CPU1; "
+              f"load average {report['load_before']} -> {loadavg()}")
+        print(f"{'target':<10} {'req/s':>24} {'p50 ms':>16} {'p99 ms':>18} {'CPU us/req':>18}")
+        for name, _, _ in targets:
             runs = results[name]
             if not runs:
                 print(f"{name:<10} no valid runs")
                 continue
-            cpu = summarize(name, runs, "cpu_us_per_req") if pid else "-"
-            print(f"{name:<10} {summarize(name, runs, 'rps'):>22} {summarize(name, runs, 'p50_ms'):>18} "
-                  f"{summarize(name, runs, 'p99_ms'):>18} {cpu:>20}")
+            print(f"{name:<10} {summarize(runs, 'rps'):>24} {summarize(runs, 'p50_ms'):>16} "
+                  f"{summarize(runs, 'p99_ms'):>18} {summarize(runs, 'cpu_us_per_req'):>18}")
+        report["wrk"] = results
         if results["nginx"] and results["ferrogate"] and results["direct"]:
-            med = lambda n, k: statistics.median(r[k] for r in results[n])
-            print(f"ratio req/s ferrogate/nginx  = {med('ferrogate', 'rps') / med('nginx', 'rps'):.2f}")
-            print(f"ratio req/s ferrogate/direct = {med('ferrogate', 'rps') / med('direct', 'rps'):.2f}")
-            print(f"ratio p99   ferrogate/nginx  = {med('ferrogate', 'p99_ms') / med('nginx', 'p99_ms'):.2f}")
-            print(f"ratio CPU/req ferrogate/nginx = "
-                  f"{med('ferrogate', 'cpu_us_per_req') / med('nginx', 'cpu_us_per_req'):.2f}")
+            rps = median(results["ferrogate"], "rps") / median(results["nginx"], "rps")
+            p99 = median(results["ferrogate"], "p99_ms") / median(results["nginx"], "p99_ms")
+            ratios = {
+                "rps_vs_nginx": rps,
+                "rps_vs_direct": median(results["ferrogate"], "rps") / median(results["direct"], "rps"),
+                "nginx_rps_vs_direct": median(results["nginx"], "rps") / median(results["direct"], "rps"),
+                "p99_vs_nginx": p99,
+                "cpu_per_req_vs_nginx": median(results["ferrogate"], "cpu_us_per_req")
+                / median(results["nginx"], "cpu_us_per_req"),
+            }
+            report["ratios"] = ratios
+            print(f"ratio req/s ferrogate/nginx   = {ratios['rps_vs_nginx']:.2f}")
+            print(f"ratio req/s ferrogate/direct  = {ratios['rps_vs_direct']:.2f} "
+                  f"(nginx/direct {ratios['nginx_rps_vs_direct']:.2f})")
+            print(f"ratio p99   ferrogate/nginx   = {ratios['p99_vs_nginx']:.2f}")
+            print(f"ratio CPU/req ferrogate/nginx = {ratios['cpu_per_req_vs_nginx']:.2f}")
+            ok = rps >= 1.0 and p99 <= 1.0
+            print(f"target >= 1.0x nginx req/s at p99 <= nginx's: {'met' if ok else 'NOT met'}")
         if not args.quick:
-            extra(args, up_port, tmp, fg)
+            extra(args, up_port, tmp, fg, report)
     finally:
         fg.stop()
         for p in (upstream, nginx_px):
             p.send_signal(signal.SIGQUIT)
             p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+        report["load_after"] = loadavg()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
 
 
-def extra(args, up_port, tmp, fg10):
-    # Throughput with 10,000 routes vs the 10-route instance, interleaved.
+def extra(args, up_port, tmp, fg_small, report):
+    # Throughput with 10,000 routes vs the small instance, interleaved.
     big = Ferrogate(args.binary, 10_000, up_port)
     try:
         wait_port(big.http)
+        run_wrk(f"http://127.0.0.1:{big.http}/", "r9999.bench.local", args.warmup, proxy_pid=big.pid)
         small_runs, big_runs = [], []
         for _ in range(max(3, args.runs)):
-            small_runs.append(run_wrk(f"http://127.0.0.1:{fg10.http}/", "bench.local",
-                                      args.duration, proxy_pid=fg10.pid)["rps"])
+            small_runs.append(run_wrk(f"http://127.0.0.1:{fg_small.http}/", "bench.local",
+                                      args.duration, proxy_pid=fg_small.pid))
             big_runs.append(run_wrk(f"http://127.0.0.1:{big.http}/", "r9999.bench.local",
-                                    args.duration, proxy_pid=big.pid)["rps"])
-        print(f"routes: {args.routes} -> {statistics.median(small_runs):.0f} req/s; "
-              f"10000 -> {statistics.median(big_runs):.0f} req/s; ratio "
-              f"{statistics.median(big_runs) / statistics.median(small_runs):.2f}")
-        print(f"RSS with 10000 routes: {rss_kib(big.pid) / 1024:.1f} MiB "
-              f"(10 routes: {rss_kib(fg10.pid) / 1024:.1f} MiB)")
+                                    args.duration, proxy_pid=big.pid))
+        small_runs = [r for r in small_runs if not (r["non2xx"] or r["socket_errors"])]
+        big_runs = [r for r in big_runs if not (r["non2xx"] or r["socket_errors"])]
+        if small_runs and big_runs:
+            ratio = median(big_runs, "rps") / median(small_runs, "rps")
+            print(f"routes {args.routes}: {summarize(small_runs, 'rps')} req/s, "
+                  f"{summarize(small_runs, 'cpu_us_per_req')} CPU us/req")
+            print(f"routes 10000: {summarize(big_runs, 'rps')} req/s, "
+                  f"{summarize(big_runs, 'cpu_us_per_req')} CPU us/req")
+            print(f"ratio req/s 10000/{args.routes} routes = {ratio:.2f} "
+                  f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
+            report["routes"] = {"small": small_runs, "big": big_runs, "ratio": ratio}
+        rss = rss_kib(big.pid) / 1024
+        print(f"RSS with 10000 routes: {rss:.1f} MiB (target <= 150: "
+              f"{'met' if rss <= 150 else 'NOT met'}); "
+              f"{args.routes} routes: {rss_kib(fg_small.pid) / 1024:.1f} MiB")
+        report["rss_mib"] = {"10000": rss, str(args.routes): rss_kib(fg_small.pid) / 1024}
     finally:
         big.stop()
-    handshakes(args, up_port, tmp)
+    handshakes(args, up_port, tmp, report)
 
 
-def handshakes(args, up_port, tmp):
-    """New TLS connection per request: h2load with 2,000 clients making one
-    request each, against nginx and Ferrogate with the same ECDSA P-256
-    certificate (no session resumption on either side)."""
+def h2load_batch(port, connections):
+    """`connections` clients making one request each: one new TLS
+    connection (full handshake) per request. Returns (succeeded, seconds)."""
+    out = subprocess.run(
+        ["taskset", "-c", "0", "h2load", "-n", str(connections), "-c", str(connections),
+         "-m", "1", "--h1", "--connect-to", f"127.0.0.1:{port}", f"https://bench.local:{port}/"],
+        capture_output=True, text=True).stdout
+    done = re.search(r"finished in ([\d.]+)(m?s),", out)
+    ok = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                   r"(\d+) errored", out)
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    if not (done and ok and status):
+        return 0, 0.0, out
+    seconds = float(done.group(1)) / (1000 if done.group(2) == "ms" else 1)
+    if int(ok.group(3)) or int(ok.group(4)) or int(status.group(1)) != int(ok.group(2)):
+        return 0, 0.0, out
+    return int(ok.group(2)), seconds, out
+
+
+def handshakes(args, up_port, tmp, report):
+    """Full TLS handshakes: per measurement, 10 batches of 500 clients that
+    make one request each (below both listeners' backlogs, so no SYN is
+    dropped). Rate = requests / time h2load reports; CPU = the proxy's
+    utime+stime per request."""
     if not shutil.which("h2load") or not shutil.which("openssl"):
         print("handshakes: h2load or openssl missing; skipped measurement", file=sys.stderr)
         return
@@ -296,7 +386,7 @@ http {{
   access_log off;
   upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port} ssl http2;
+    listen 127.0.0.1:{port} ssl backlog=4096;
     ssl_certificate {crt};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -318,23 +408,38 @@ http {{
     try:
         wait_port(port)
         wait_port(fg.https)
-        rates = {"nginx": [], "ferrogate": []}
-        for _ in range(3):
-            for name, p in (("nginx", port), ("ferrogate", fg.https)):
-                out = subprocess.run(
-                    ["taskset", "-c", "0", "h2load", "-n", "2000", "-c", "2000", "-m", "1",
-                     "--h1", "--sni", "bench.local", f"https://127.0.0.1:{p}/"],
-                    capture_output=True, text=True).stdout
-                m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
-                ok = re.search(r"(\d+) succeeded", out)
-                if m and ok and int(ok.group(1)) > 0:
-                    rates[name].append(float(m.group(1)))
-        if rates["nginx"] and rates["ferrogate"]:
-            n, f_ = statistics.median(rates["nginx"]), statistics.median(rates["ferrogate"])
-            print(f"TLS handshakes (new connection per request): nginx {n:.0f}/s, "
-                  f"ferrogate {f_:.0f}/s, ratio {f_ / n:.2f}")
+        nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx.pid)],
+                                          capture_output=True, text=True).stdout.split()[0])
+        peers = (("nginx", port, nginx_worker), ("ferrogate", fg.https, fg.pid))
+        hz = os.sysconf("SC_CLK_TCK")
+        runs = {"nginx": [], "ferrogate": []}
+        for name, p, _ in peers:  # warm-up
+            h2load_batch(p, 500)
+        for _ in range(max(3, args.runs)):
+            for name, p, pid in peers:
+                before, total, seconds = cpu_ticks(pid), 0, 0.0
+                for _ in range(10):
+                    n, s, out = h2load_batch(p, 500)
+                    if not n:
+                        print(f"  handshakes {name}: failed batch\n{out}", file=sys.stderr)
+                        total = 0
+                        break
+                    total, seconds = total + n, seconds + s
+                    time.sleep(0.2)  # let TIME_WAIT sockets and accept queues settle
+                if total:
+                    cpu = (cpu_ticks(pid) - before) / hz * 1e6 / total
+                    runs[name].append({"rate": total / seconds, "cpu_us": cpu})
+        if runs["nginx"] and runs["ferrogate"]:
+            for name, _, _ in peers:
+                print(f"TLS handshakes {name:<9}: {summarize(runs[name], 'rate')}/s, "
+                      f"{summarize(runs[name], 'cpu_us')} CPU us per handshake+request")
+            rate = median(runs["ferrogate"], "rate") / median(runs["nginx"], "rate")
+            cpu = median(runs["ferrogate"], "cpu_us") / median(runs["nginx"], "cpu_us")
+            print(f"ratio handshakes/s ferrogate/nginx = {rate:.2f}; "
+                  f"ratio CPU per handshake ferrogate/nginx = {cpu:.2f}")
+            report["handshakes"] = {"runs": runs, "rate_ratio": rate, "cpu_ratio": cpu}
         else:
-            print(f"TLS handshakes: no valid runs {rates}", file=sys.stderr)
+            print(f"TLS handshakes: no valid runs {runs}", file=sys.stderr)
     finally:
         fg.stop()
         nginx.send_signal(signal.SIGQUIT)
