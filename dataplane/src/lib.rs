@@ -27,6 +27,7 @@ pub mod balance;
 pub mod body;
 pub mod cache;
 pub mod client;
+pub mod connpool;
 pub mod device;
 pub mod error;
 pub mod filters;
@@ -321,6 +322,23 @@ impl Dataplane {
     }
 }
 
+/// Accept queue length asked of the kernel (it caps it at
+/// `net.core.somaxconn`). The usual default of 128 overflows when a few
+/// hundred clients connect at once; the dropped SYNs are retried by the
+/// clients only after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The bound listening sockets, before serving starts.
 pub struct Listeners {
     http: Option<TcpListener>,
@@ -332,16 +350,13 @@ impl Listeners {
     /// Binds the addresses configured in `config` (port 0 picks a free
     /// port).
     pub async fn bind(config: &DataplaneConfig) -> std::io::Result<Listeners> {
-        async fn one(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
-            match addr {
-                Some(addr) => TcpListener::bind(addr).await.map(Some),
-                None => Ok(None),
-            }
+        fn one(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+            addr.map(listen).transpose()
         }
         Ok(Listeners {
-            http: one(config.http_addr).await?,
-            https: one(config.https_addr).await?,
-            admin: one(config.admin_addr).await?,
+            http: one(config.http_addr)?,
+            https: one(config.https_addr)?,
+            admin: one(config.admin_addr)?,
         })
     }
 

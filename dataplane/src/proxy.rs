@@ -806,7 +806,7 @@ async fn forward_request(
         let guard = cluster.begin(endpoint);
         let remaining = request_deadline.saturating_sub(started.elapsed());
         let timeout = attempt_timeout.min(remaining);
-        let outcome = tokio::time::timeout(timeout, cluster.client.request(upstream_req)).await;
+        let outcome = tokio::time::timeout(timeout, send(&cluster, endpoint, upstream_req)).await;
         let elapsed = attempt_started.elapsed();
         cluster.observe_attempt(elapsed.as_secs_f64());
         attempts_made.push(UpstreamAttempt {
@@ -842,15 +842,15 @@ async fn forward_request(
                 }
             }
             Ok(Err(error)) => {
-                let connect = error.is_connect();
+                let connect = error.connect;
                 guard.failure();
                 if connect {
-                    last_error = ProxyError::UpstreamConnect(error.to_string());
+                    last_error = ProxyError::UpstreamConnect(error.message);
                     if replayable.is_none() {
                         break;
                     }
                 } else {
-                    last_error = ProxyError::Upstream(error.to_string());
+                    last_error = ProxyError::Upstream(error.message);
                     if !(may_retry_responses
                         && forward.retry.on.contains(&crds::route::RetryOn::Reset))
                     {
@@ -884,6 +884,36 @@ async fn forward_request(
         }
     }
     Err(last_error)
+}
+
+/// Why an attempt got no response head.
+struct SendFailure {
+    /// The request never reached the upstream.
+    connect: bool,
+    message: String,
+}
+
+/// One attempt at `endpoint`: the endpoint's own pool for plain-text
+/// HTTP/1.1, the generic client otherwise.
+async fn send(
+    cluster: &ClusterRuntime,
+    endpoint: usize,
+    request: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, SendFailure> {
+    match cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) {
+        Some(pool) => pool.send(request).await.map_err(|error| SendFailure {
+            connect: error.is_connect(),
+            message: error.to_string(),
+        }),
+        None => cluster
+            .client
+            .request(request)
+            .await
+            .map_err(|error| SendFailure {
+                connect: error.is_connect(),
+                message: error.to_string(),
+            }),
+    }
 }
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);

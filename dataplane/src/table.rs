@@ -54,8 +54,11 @@ pub struct ClusterRuntime {
     pub name: String,
     /// The cluster as configured.
     pub config: Cluster,
-    /// Pooled client.
+    /// Pooled client (HTTPS and HTTP/2 clusters).
     pub client: HttpClient,
+    /// Per-endpoint connection pools, in endpoint order, for plain-text
+    /// HTTP/1.1 clusters (see `connpool`).
+    pub pools: Option<Vec<Arc<crate::connpool::EndpointPool>>>,
     authorities: Vec<String>,
     /// The same, parsed once for building upstream URIs.
     uri_authorities: Vec<http::uri::Authority>,
@@ -503,6 +506,16 @@ fn build_cluster(
         cluster.protocol == UpstreamProtocol::Http2,
         Duration::from_millis(cluster.connect_timeout_ms),
     );
+    let pools = (cluster.protocol == UpstreamProtocol::Http1 && cluster.tls.is_none()).then(|| {
+        uri_authorities
+            .iter()
+            .map(|authority| {
+                clients
+                    .pools
+                    .endpoint(authority, Duration::from_millis(cluster.connect_timeout_ms))
+            })
+            .collect()
+    });
     let same_endpoints = previous
         .map(|p| {
             p.authorities == authorities && p.config.outlier_detection == cluster.outlier_detection
@@ -534,6 +547,7 @@ fn build_cluster(
         name: name.to_owned(),
         config: cluster.clone(),
         client,
+        pools,
         authorities,
         uri_authorities,
         balancer,

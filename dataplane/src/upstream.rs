@@ -34,6 +34,8 @@ struct ClientKey {
 #[derive(Default)]
 pub struct Clients {
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    /// Connections of plain-text HTTP/1.1 clusters.
+    pub pools: crate::connpool::Pools,
     tls: Mutex<Option<Arc<rustls::ClientConfig>>>,
 }
 
