@@ -67,10 +67,11 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """Resident memory now (VmRSS) or at its peak (VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -334,10 +335,12 @@ def extra(args, up_port, tmp, fg_small, report):
                   f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
             report["routes"] = {"small": small_runs, "big": big_runs, "ratio": ratio}
         rss = rss_kib(big.pid) / 1024
-        print(f"RSS with 10000 routes: {rss:.1f} MiB (target <= 150: "
-              f"{'met' if rss <= 150 else 'NOT met'}); "
-              f"{args.routes} routes: {rss_kib(fg_small.pid) / 1024:.1f} MiB")
-        report["rss_mib"] = {"10000": rss, str(args.routes): rss_kib(fg_small.pid) / 1024}
+        peak = rss_kib(big.pid, "VmHWM") / 1024
+        print(f"RSS with 10000 routes after the runs: {rss:.1f} MiB (target <= 150: "
+              f"{'met' if rss <= 150 else 'NOT met'}), peak {peak:.1f} MiB (the compile "
+              f"at start); {args.routes} routes: {rss_kib(fg_small.pid) / 1024:.1f} MiB")
+        report["rss_mib"] = {"10000": rss, "10000_peak": peak,
+                             str(args.routes): rss_kib(fg_small.pid) / 1024}
     finally:
         big.stop()
     handshakes(args, up_port, tmp, report)
