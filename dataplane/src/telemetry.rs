@@ -94,13 +94,15 @@ impl TraceContext {
     /// Sets `traceparent` (naming `span_id` as the parent) and
     /// `tracestate` on an outgoing request.
     pub fn inject(&self, headers: &mut HeaderMap, span_id: &[u8; 8]) {
-        let value = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(span_id),
-            if self.sampled { "01" } else { "00" }
-        );
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // `00-{trace id}-{span id}-{flags}`, written in place: this runs for
+        // every upstream attempt.
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        hex_into(&self.trace_id, &mut text[3..35]);
+        text[35] = b'-';
+        hex_into(span_id, &mut text[36..52]);
+        text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        if let Ok(value) = HeaderValue::from_bytes(&text) {
             headers.insert(TRACEPARENT, value);
         }
         match &self.tracestate {
@@ -121,6 +123,15 @@ pub fn new_span_id() -> [u8; 8] {
         id[7] = 1;
     }
     id
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
