@@ -33,10 +33,13 @@ pub struct ControllerArgs {
     pub stream_listen: SocketAddr,
     /// `NAMESPACE/NAME` of a Secret with the stream's `tls.crt`, `tls.key`
     /// and `ca.crt` (the CA of dataplane client certificates), as
-    /// `ferrogate certgen` writes it (`PREFIX-server`).
+    /// `ferrogate certgen` writes it (`PREFIX-server`). Read again every
+    /// 10 s: a renewed certificate is used for new connections.
     #[arg(long, conflicts_with_all = ["stream_cert", "stream_key", "stream_client_ca"])]
     pub stream_tls_secret: Option<String>,
-    /// The stream's server certificate chain (PEM file).
+    /// The stream's server certificate chain (PEM file). The three files
+    /// are read again every 10 s: a renewed certificate is used for new
+    /// connections.
     #[arg(long, requires_all = ["stream_key", "stream_client_ca"])]
     pub stream_cert: Option<PathBuf>,
     /// The stream's server key (PEM file).
@@ -104,10 +107,6 @@ fn default_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
 /// Turns the options into the controller's configuration.
 pub fn config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> {
     let id = args.id.clone().unwrap_or_else(default_id);
@@ -132,10 +131,10 @@ pub fn config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> {
     } else if let (Some(cert), Some(key), Some(ca)) =
         (&args.stream_cert, &args.stream_key, &args.stream_client_ca)
     {
-        Some(StreamTls::Pem {
-            cert: read(cert)?,
-            key: read(key)?,
-            client_ca: read(ca)?,
+        Some(StreamTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: ca.clone(),
         })
     } else if args.no_stream {
         None
@@ -165,6 +164,7 @@ pub fn config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> {
         stream: tls.map(|tls| StreamSettings {
             listen: args.stream_listen,
             tls,
+            reload_interval: controller::STREAM_TLS_RELOAD,
         }),
         lease: LeaseSettings {
             namespace,

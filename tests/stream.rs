@@ -544,19 +544,38 @@ async fn dataplanes_without_a_trusted_client_certificate_are_refused() {
 /// Opens the stream with a TLS client that trusts the server but presents
 /// no certificate; returns the first response status or the error.
 async fn connect_without_client_certificate(addr: SocketAddr, certs: &Path) -> Result<u16, String> {
+    open_stream(addr, certs, false).await
+}
+
+/// Opens the stream trusting `certs/ca.crt` for the server and, with
+/// `client_cert`, presenting `certs/client.crt`; returns the first
+/// response status or the error.
+async fn open_stream(addr: SocketAddr, certs: &Path, client_cert: bool) -> Result<u16, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(certs.join("ca.crt")).expect("ca");
     for der in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
         roots.add(der.expect("pem")).expect("root");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut config = if client_cert {
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("client.crt"))
+            .expect("client.crt")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("client chain");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("client.key"))
+            .expect("client.key");
+        builder
+            .with_client_auth_cert(chain, key)
+            .expect("client certificate")
+    } else {
+        builder.with_no_client_auth()
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -585,6 +604,47 @@ async fn connect_without_client_certificate(addr: SocketAddr, certs: &Path) -> R
         .map_err(|_| "timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     Ok(response.status().as_u16())
+}
+
+/// A renewed server certificate and client CA (another `certgen`) are
+/// used for new connections without restarting the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_use_reloaded_certificates() {
+    let first = certgen();
+    let second = certgen();
+    let config = |certs: &Path| StreamConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        server_cert_pem: read(certs, "server.crt"),
+        server_key_pem: read(certs, "server.key"),
+        client_ca_pem: read(certs, "ca.crt"),
+    };
+    let tls = stream::server_tls_config(&config(first.path())).expect("valid");
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(Arc::new(tls));
+    let (publisher, tracker) = Publisher::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(stream::serve_listener_with_tls(
+        listener,
+        tls_rx,
+        stream::StreamOptions::default(),
+        publisher,
+        tracker,
+        shutdown,
+    ));
+
+    assert_eq!(open_stream(addr, first.path(), true).await, Ok(200));
+    let refused = open_stream(addr, second.path(), true).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    tls_tx.send_replace(Arc::new(
+        stream::server_tls_config(&config(second.path())).expect("valid"),
+    ));
+    assert_eq!(open_stream(addr, second.path(), true).await, Ok(200));
+    let refused = open_stream(addr, first.path(), true).await;
+    assert!(refused.is_err(), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,11 @@
 //! Every replica watches, compiles and serves the stream (the compiler is
 //! deterministic, so all replicas publish the same snapshot); only the
 //! leader writes status, Events and issued Secrets.
+//!
+//! The stream's own certificate, key and client CA (a Secret or files) are
+//! read again every [`StreamSettings::reload_interval`]; when they changed
+//! and are valid, new connections are accepted with them (open streams
+//! keep theirs), so a renewal needs no restart.
 
 pub mod compiler;
 pub mod index;
@@ -45,7 +50,7 @@ pub mod watch;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -63,7 +68,17 @@ pub enum StreamTls {
         /// Name of the Secret.
         name: String,
     },
-    /// PEM text read from files.
+    /// PEM files, read again every [`StreamSettings::reload_interval`]:
+    /// a renewed certificate is served without a restart.
+    Files {
+        /// Server certificate chain.
+        cert: PathBuf,
+        /// Server private key.
+        key: PathBuf,
+        /// Client CA.
+        client_ca: PathBuf,
+    },
+    /// PEM text, fixed for the process's lifetime.
     Pem {
         /// Server certificate chain.
         cert: String,
@@ -81,7 +96,13 @@ pub struct StreamSettings {
     pub listen: SocketAddr,
     /// Certificates.
     pub tls: StreamTls,
+    /// How often a Secret or files are read again for a renewed
+    /// certificate or client CA ([`STREAM_TLS_RELOAD`] by default).
+    pub reload_interval: Duration,
 }
+
+/// How often the stream's certificate source is read again.
+pub const STREAM_TLS_RELOAD: Duration = Duration::from_secs(10);
 
 /// Everything `ferrogate controller` is configured with.
 #[derive(Clone, Debug)]
@@ -148,6 +169,7 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, Error> {
     Client::try_from(config).map_err(Error::Client)
 }
 
+/// Reads the stream's certificates from their source.
 async fn stream_config(
     client: &Client,
     settings: &StreamSettings,
@@ -158,6 +180,15 @@ async fn stream_config(
             key,
             client_ca,
         } => (cert.clone(), key.clone(), client_ca.clone()),
+        StreamTls::Files {
+            cert,
+            key,
+            client_ca,
+        } => (
+            read_pem(cert).await?,
+            read_pem(key).await?,
+            read_pem(client_ca).await?,
+        ),
         StreamTls::Secret { namespace, name } => {
             let api: Api<k8s_openapi::api::core::v1::Secret> =
                 Api::namespaced(client.clone(), namespace);
@@ -188,6 +219,57 @@ async fn stream_config(
     })
 }
 
+async fn read_pem(path: &Path) -> Result<String, Error> {
+    tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| Error::StreamTls(format!("{}: {e}", path.display())))
+}
+
+/// Reads the stream's certificate source again every `interval` (from
+/// `last`, the one being served) and publishes new TLS settings on `tls`
+/// when the content changed and is valid. An unreadable or invalid source
+/// is logged and the last good settings stay: a half-written renewal never
+/// takes the stream down.
+async fn reload_stream_tls<F, Fut>(
+    mut load: F,
+    mut last: stream::StreamConfig,
+    interval: Duration,
+    tls: channel::Sender<Arc<rustls::ServerConfig>>,
+    mut shutdown: channel::Receiver<bool>,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<stream::StreamConfig, Error>>,
+{
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let config = match load().await {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::warn!(%error, "snapshot stream: certificates not reloaded");
+                continue;
+            }
+        };
+        if config == last {
+            continue;
+        }
+        match stream::server_tls_config(&config) {
+            Ok(server) => {
+                tls.send_replace(Arc::new(server));
+                tracing::info!("snapshot stream: certificates reloaded");
+                last = config;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "snapshot stream: new certificates refused; serving the previous ones");
+                // Not remembered as `last`: once fixed, the same content
+                // as before the bad one is taken again.
+            }
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` turns true; `on_start` is called
 /// once everything is started (the binary prints the stream address).
 pub async fn run(
@@ -216,18 +298,33 @@ pub async fn run(
     let mut stream_task = None;
     let mut stream_addr = None;
     if let Some(settings) = &config.stream {
-        let stream_config = stream_config(&client, settings).await?;
+        let current = stream_config(&client, settings).await?;
         // Check the certificates before binding, for a clear error.
-        stream::server_tls_config(&stream_config).map_err(Error::Stream)?;
+        let server_tls = stream::server_tls_config(&current).map_err(Error::Stream)?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(Error::Stream)?;
         stream_addr = listener.local_addr().ok();
+        let (tls_tx, tls_rx) = channel::channel(Arc::new(server_tls));
+        if !matches!(settings.tls, StreamTls::Pem { .. }) {
+            let interval = settings.reload_interval;
+            let (client, settings) = (client.clone(), settings.clone());
+            tasks.spawn(reload_stream_tls(
+                move || {
+                    let (client, settings) = (client.clone(), settings.clone());
+                    async move { stream_config(&client, &settings).await }
+                },
+                current,
+                interval,
+                tls_tx,
+                shutdown.clone(),
+            ));
+        }
         let (publisher, tracker, shutdown) = (publisher.clone(), tracker.clone(), shutdown.clone());
         stream_task = Some(tokio::spawn(async move {
-            stream::serve_listener(
+            stream::serve_listener_with_tls(
                 listener,
-                &stream_config,
+                tls_rx,
                 stream::StreamOptions::default(),
                 publisher,
                 tracker,
@@ -324,4 +421,87 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
     tasks.abort_all();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A self-signed certificate serving as its own client CA.
+    fn self_signed() -> stream::StreamConfig {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("certificate");
+        stream::StreamConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
+            client_ca_pem: cert.pem(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_certificates_are_published_again_only_when_changed_and_valid() {
+        let interval = Duration::from_secs(10);
+        let first = self_signed();
+        let source: Arc<Mutex<Result<stream::StreamConfig, String>>> =
+            Arc::new(Mutex::new(Ok(first.clone())));
+        let set = |value: Result<stream::StreamConfig, String>| {
+            *source.lock().expect("lock") = value;
+        };
+        let tls = stream::server_tls_config(&first).expect("valid");
+        let (tls_tx, mut tls_rx) = channel::channel(Arc::new(tls));
+        let (stop, shutdown) = channel::channel(false);
+        let reader = source.clone();
+        let task = tokio::spawn(reload_stream_tls(
+            move || {
+                let current = reader.lock().expect("lock").clone();
+                async move { current.map_err(Error::StreamTls) }
+            },
+            first.clone(),
+            interval,
+            tls_tx,
+            shutdown,
+        ));
+
+        // Read again, unchanged: nothing is published.
+        tokio::time::sleep(interval * 3).await;
+        assert!(!tls_rx.has_changed().expect("open"));
+
+        // Unreadable, then half-written: the served settings stay.
+        set(Err("Secret default/stream-tls: not found".to_owned()));
+        tokio::time::sleep(interval * 2).await;
+        let half_written = stream::StreamConfig {
+            server_cert_pem: String::new(),
+            ..self_signed()
+        };
+        set(Ok(half_written));
+        tokio::time::sleep(interval * 2).await;
+        assert!(!tls_rx.has_changed().expect("open"));
+
+        // Renewed: published once, within one interval.
+        set(Ok(self_signed()));
+        tokio::time::timeout(interval * 2, tls_rx.changed())
+            .await
+            .expect("the renewed certificate is published")
+            .expect("open");
+        tokio::time::sleep(interval * 3).await;
+        assert!(!tls_rx.has_changed().expect("open"));
+
+        // Back to the first one (a rollback) is a change too.
+        set(Ok(first));
+        tokio::time::timeout(interval * 2, tls_rx.changed())
+            .await
+            .expect("the rollback is published")
+            .expect("open");
+
+        stop.send_replace(true);
+        tokio::time::timeout(interval * 2, task)
+            .await
+            .expect("stops on shutdown")
+            .expect("no panic");
+    }
 }

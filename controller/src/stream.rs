@@ -312,7 +312,7 @@ impl AckTracker {
 }
 
 /// Where and how the stream is served.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamConfig {
     /// Listening address.
     pub listen: SocketAddr,
@@ -415,9 +415,24 @@ pub async fn serve_listener(
     options: StreamOptions,
     publisher: Publisher,
     tracker: AckTracker,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (_fixed, tls) = watch::channel(Arc::new(server_tls_config(config)?));
+    serve_listener_with_tls(listener, tls, options, publisher, tracker, shutdown).await
+}
+
+/// Like [`serve_listener`], with TLS settings that may change while it
+/// serves (a renewed certificate or client CA): each new connection is
+/// accepted with the latest value of `tls`; connections already open keep
+/// the settings they were accepted with.
+pub async fn serve_listener_with_tls(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+    options: StreamOptions,
+    publisher: Publisher,
+    tracker: AckTracker,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(Arc::new(server_tls_config(config)?));
     let connections = Arc::new(Semaphore::new(options.max_dataplanes.saturating_add(64)));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -449,7 +464,7 @@ pub async fn serve_listener(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let builder = builder.clone();
         let publisher = publisher.clone();
         let tracker = tracker.clone();

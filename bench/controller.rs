@@ -1,7 +1,8 @@
-//! Benchmark, not a regular test (`#[ignore]`; run by `bench/controller.sh`
-//! in release mode): change -> traffic latency through the real apiserver,
-//! `ferrogate controller` and a `ferrogate dataplane`, with 10 and with
-//! 5,000 other routes present, and the controller's memory.
+//! Benchmark program, not part of `cargo test` (a `[[bench]]` target with
+//! `harness = false`; run by `bench/controller.sh` in release mode):
+//! change -> traffic latency through the real apiserver, `ferrogate
+//! controller` and a `ferrogate dataplane`, with 10 and with 5,000 other
+//! routes present, and the controller's memory.
 //!
 //! Method (shared/recipes/benchmarking.md, "Propagation"): pre-load N
 //! routes (unique host and path each, all to one Service whose Endpoints
@@ -12,8 +13,14 @@
 //! time including kubectl is reported too. Any answer other than 404 or
 //! 200 counts as an error. Controller RSS (VmRSS, and the peak VmHWM) is
 //! read from /proc after the routes are loaded and their statuses written.
+//!
+//! The upstream is this program itself, re-executed inside the network
+//! namespace with [`UPSTREAM_ENV`] set (the apiserver refuses loopback
+//! addresses in Endpoints). The report goes to stdout, progress to stderr.
 
+#[path = "../tests/controller_common/mod.rs"]
 mod controller_common;
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -26,18 +33,37 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::netns::NetNs;
 
+/// Set in the re-executed upstream host process: the address to serve on.
 const UPSTREAM_ENV: &str = "FERROGATE_BENCH_UPSTREAM";
 const TRIALS: usize = 100;
 
-/// The upstream host process (see tests/controller_dataplane.rs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn bench_upstream_host_process() {
-    let Ok(addr) = std::env::var(UPSTREAM_ENV) else {
-        return;
-    };
-    let _server = support::upstream_on(&addr, "bench", support::Behavior::default()).await;
+fn main() -> Result<()> {
+    if let Ok(addr) = std::env::var(UPSTREAM_ENV) {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve_upstream(&addr));
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` (or
+    // `--all-targets`) runs the program without it, only to see that it
+    // builds: minutes of measurement do not belong in a test run.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        eprintln!("the controller benchmark runs with `cargo bench --bench controller` (bench/controller.sh)");
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(change_to_traffic_latency_and_controller_memory())
+}
+
+/// The upstream host process: tests/support's upstream until killed.
+async fn serve_upstream(addr: &str) -> Result<()> {
+    let _server = support::upstream_on(addr, "bench", support::Behavior::default()).await;
     println!("upstream ready");
     std::future::pending::<()>().await;
+    Ok(())
 }
 
 struct Killed(Child);
@@ -52,13 +78,6 @@ impl Drop for Killed {
 fn start_upstream(netns: &NetNs) -> Result<Killed> {
     let mut child = netns
         .command(std::env::current_exe()?)
-        .args([
-            "bench_upstream_host_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
         .env(UPSTREAM_ENV, format!("{}:8080", netns.inside_ip))
         .stdout(Stdio::piped())
         .spawn()?;
@@ -221,8 +240,6 @@ async fn trials(api: &testkit::KubeApiserver, http: SocketAddr, label: &str) -> 
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run bench/controller.sh"]
 async fn change_to_traffic_latency_and_controller_memory() -> Result<()> {
     let netns = NetNs::create()?;
     let _upstream = start_upstream(&netns)?;
