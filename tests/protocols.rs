@@ -345,3 +345,76 @@ fn h2load_reports_are_read_whole() {
     );
     assert!(support::H2loadReport::parse("connect: Connection refused").is_none());
 }
+
+/// A request whose body is not forwarded (here: no route, 404) still gets
+/// its answer: over HTTP/2 the gateway reads the rest of the body instead of
+/// resetting the stream (which curl reports as error 92, "stream was not
+/// closed cleanly"), and over HTTP/1.1 the connection stays open for the
+/// next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unforwarded_request_bodies_do_not_break_the_answer() {
+    require_tool("curl");
+    let backend = upstream("shop", Behavior::default()).await;
+    let gw = Gateway::start(&[(
+        "shop.yaml",
+        &route_yaml("shop", HOST, "/api", &format!("http://{}", backend.addr)),
+    )]);
+    let files = tempfile::tempdir().expect("temp dir");
+    let body = files.path().join("body.bin");
+    std::fs::write(&body, vec![b'x'; 256 * 1024]).expect("write body");
+    let data = format!("@{}", body.display());
+    let port = gw.http.port();
+    let unrouted = format!("http://127.0.0.1:{port}/elsewhere");
+    let host = format!("Host: {HOST}");
+    let results = tokio::task::spawn_blocking(move || {
+        let h2: Vec<(i32, String)> = (0..20)
+            .map(|_| {
+                curl(&[
+                    "--http2-prior-knowledge",
+                    "-H",
+                    &host,
+                    "--data-binary",
+                    &data,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &unrouted,
+                ])
+            })
+            .collect();
+        let h1 = curl(&[
+            "--http1.1",
+            "-H",
+            &host,
+            "--data-binary",
+            &data,
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &unrouted,
+            &unrouted,
+        ]);
+        (h2, h1)
+    })
+    .await
+    .expect("curl runs");
+    let (h2, h1) = results;
+    for (i, (code, out)) in h2.iter().enumerate() {
+        assert_eq!(
+            (*code, out.trim()),
+            (0, "404"),
+            "HTTP/2 request {i}: the 404 must arrive whole"
+        );
+    }
+    assert_eq!(h1.0, 0, "{}", h1.1);
+    assert_eq!(
+        h1.1.lines().collect::<Vec<_>>(),
+        ["404 1", "404 0"],
+        "HTTP/1.1: both answered on one connection"
+    );
+    assert_eq!(backend.hits(), 0);
+}

@@ -171,11 +171,16 @@ async fn serve(
     request_id: &str,
     info: &mut RequestInfo,
 ) -> Result<Response<Body>, ProxyError> {
-    let host = request_host(&req).ok_or(ProxyError::BadRequest("missing or invalid host"))?;
+    let Some(host) = request_host(&req) else {
+        return Err(unread(
+            req,
+            ProxyError::BadRequest("missing or invalid host"),
+        ));
+    };
     if conn.tls {
         if let Some(sni) = conn.sni.as_deref() {
             if !table.same_certificate(sni, &host) {
-                return Err(ProxyError::Misdirected);
+                return Err(unread(req, ProxyError::Misdirected));
             }
         }
     }
@@ -199,7 +204,7 @@ async fn serve(
     };
     let found = match table.router.find(&view) {
         crate::router::Match::Found(found) => found,
-        _ => return Err(ProxyError::NoRoute),
+        _ => return Err(unread(req, ProxyError::NoRoute)),
     };
     let route: &Route = found.entry.route();
     let prefix_len = found.prefix_len;
@@ -209,11 +214,8 @@ async fn serve(
     info.route_index = Some(found.entry.global_index());
 
     if !conn.tls && route.https_redirect {
-        return Ok(https_redirect(
-            &host,
-            req.uri(),
-            shared.config.https_redirect_port,
-        ));
+        let response = https_redirect(&host, req.uri(), shared.config.https_redirect_port);
+        return Ok(unread(req, response));
     }
 
     // Authenticate -> authorize -> rate limit (`crate::auth`,
@@ -230,35 +232,38 @@ async fn serve(
         let identity = match &runtime.auth {
             Some(auth) => match auth.phase(&ctx, &mut req, &mut query, info).await {
                 Ok(identity) => identity,
-                Err(refusal) => return Ok(refusal.map(full)),
+                Err(refusal) => return Ok(unread(req, refusal.map(full))),
             },
             None => None,
         };
         if let Some(limits) = &runtime.limits {
             if let Err(refusal) = limits.phase(&ctx, &req, identity.as_ref(), info).await {
-                return Ok(refusal.map(full));
+                return Ok(unread(req, refusal.map(full)));
             }
         }
     }
 
     match &route.action {
-        Action::Redirect(redirect) => Ok(redirect_response(
-            redirect,
-            conn.tls,
-            &host,
-            request_port(&req, conn),
-            &path,
-            query.as_deref(),
-            prefix_len,
-        )),
-        Action::DirectResponse(direct) => Ok(direct_response(direct, route)),
+        Action::Redirect(redirect) => {
+            let response = redirect_response(
+                redirect,
+                conn.tls,
+                &host,
+                request_port(&req, conn),
+                &path,
+                query.as_deref(),
+                prefix_len,
+            );
+            Ok(unread(req, response))
+        }
+        Action::DirectResponse(direct) => Ok(unread(req, direct_response(direct, route))),
         Action::Aggregate(aggregate) => {
             let mut response =
                 crate::aggregate::serve(aggregate, req.headers(), runtime, request_id, info).await;
             if let Some(changes) = &route.response_headers {
                 apply_header_changes(response.headers_mut(), changes);
             }
-            Ok(response)
+            Ok(unread(req, response))
         }
         Action::Forward(forward) => {
             prepare_upstream_headers(&mut req, conn, shared, &host, request_id);
@@ -310,6 +315,35 @@ async fn serve(
             Ok(response)
         }
     }
+}
+
+/// How much of a request body that is answered without being forwarded is
+/// still read (and thrown away), and for how long.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Answers `request` without forwarding its body: the rest of the body is
+/// read and discarded in the background (up to [`LINGER_BYTES`] and
+/// [`LINGER_TIME`]). Dropping it unread would reset an HTTP/2 stream, which
+/// clients report as a failed request instead of the answer (a 401, 404 or
+/// 429 they should see), and would close an HTTP/1.1 connection.
+fn unread<T>(request: Request<Incoming>, answer: T) -> T {
+    let mut body = request.into_body();
+    if !body.is_end_stream() {
+        tokio::spawn(async move {
+            let mut read = 0usize;
+            let drained = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                    if read > LINGER_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drained).await;
+        });
+    }
+    answer
 }
 
 /// The client's `x-request-id` when it is sane, else a new random one.
@@ -711,9 +745,9 @@ async fn forward_request(
     trace: Option<&crate::telemetry::TraceContext>,
     attempts_made: &mut Vec<UpstreamAttempt>,
 ) -> Result<Response<Body>, ProxyError> {
-    let cluster = runtime
-        .pick_backend()
-        .ok_or(ProxyError::BackendUnavailable)?;
+    let Some(cluster) = runtime.pick_backend() else {
+        return Err(unread(req, ProxyError::BackendUnavailable));
+    };
     let started = Instant::now();
     let request_deadline = Duration::from_millis(forward.timeouts.request_ms);
     let attempt_timeout = Duration::from_millis(forward.timeouts.backend_request_ms);
@@ -882,6 +916,10 @@ async fn forward_request(
                 return Ok(response.map(Either::Left));
             }
         }
+    }
+    if let Some(body) = streamed {
+        // Never sent: no attempt was made.
+        return Err(unread(Request::new(body), last_error));
     }
     Err(last_error)
 }
