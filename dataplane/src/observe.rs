@@ -82,6 +82,14 @@ pub fn finish(
         shared.metrics.count_consumer(consumer, status);
     }
 
+    let logged = shared.access_log.wants(status.as_u16());
+    let traced = info
+        .trace
+        .as_ref()
+        .filter(|t| t.sampled && shared.telemetry.exporting());
+    if !logged && traced.is_none() {
+        return;
+    }
     let host = started.uri.host().map(str::to_owned).or_else(|| {
         started
             .host
@@ -106,7 +114,7 @@ pub fn finish(
             .unwrap_or_default()
     });
 
-    if shared.access_log.wants(status.as_u16()) {
+    if logged {
         let authority = last.and_then(|a| a.cluster.authority(a.endpoint));
         let bytes_out = if response.body().is_end_stream() {
             Some(0)
@@ -159,11 +167,7 @@ pub fn finish(
         shared.access_log.write(&line);
     }
 
-    if let Some(trace) = info
-        .trace
-        .as_ref()
-        .filter(|t| t.sampled && shared.telemetry.exporting())
-    {
+    if let Some(trace) = traced {
         let end = started.time + elapsed;
         let mut attributes = vec![
             KeyValue::new("http.request.method", started.method.as_str().to_owned()),
