@@ -26,6 +26,7 @@ async fn echo() -> scripted::Scripted {
             "/cached" => reply.header("cache-control", "max-age=60"),
             "/fail" => reply.status(503),
             "/slow" => reply.delay(Duration::from_secs(2)),
+            "/chunked" => reply.chunked(),
             _ => reply,
         }
     })
@@ -251,6 +252,29 @@ async fn access_log_lines_describe_each_request() {
     assert_eq!(lines[3]["status"], 404);
     assert_eq!(lines[3]["error"], "no_route");
     assert_eq!(lines[3]["route"], serde_json::Value::Null);
+}
+
+/// A body that streams (no `Content-Length`) is counted as it is sent:
+/// its line is written when it ends, with the bytes sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_counts_streamed_bodies() {
+    let upstream = echo().await;
+    let gateway = Gateway::start(&[("route.yaml", &obs_yaml(&upstream.url()))]);
+    let client = RawClient::new(gateway.http);
+    let answer = client
+        .get("obs.test", "/chunked", &[("x-request-id", "streamed")])
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-length"), None, "the body streamed");
+    assert!(!answer.body.is_empty());
+    eventually(Duration::from_secs(5), "the access log line", async || {
+        !gateway.stdout_lines().is_empty()
+    })
+    .await;
+    let lines = access_lines(&gateway);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["request_id"], "streamed");
+    assert_eq!(lines[0]["bytes_out"], answer.body.len() as u64, "{lines:?}");
 }
 
 /// Sampling 0 keeps only 5xx lines; `--access-log off` keeps none.

@@ -7,15 +7,21 @@
 //! already read and the unread rest are handed back as one
 //! [`LocalBody::Prefixed`] body, so the client still gets every byte,
 //! unchanged, without the gateway buffering it.
+//!
+//! A response body whose size is unknown when its head is sent is wrapped
+//! in [`LocalBody::Counted`] when the request is logged: the bytes are
+//! counted as they stream, and the access log line is written at the end.
 
+use crate::accesslog::PendingLine;
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// A body built by the dataplane: whole bytes, or buffered bytes followed
-/// by the unread rest of an upstream body.
+/// by the unread rest of an upstream body, or another body counted for
+/// the access log.
 #[derive(Debug)]
 pub enum LocalBody {
     /// A complete body (taken on the first poll).
@@ -27,6 +33,40 @@ pub enum LocalBody {
         /// The unread part of the upstream body.
         rest: Incoming,
     },
+    /// A response body counted as it streams.
+    Counted(Box<Counted>),
+}
+
+/// A response body and its access log line, written with the bytes sent
+/// when the body ends, fails, or is dropped (the client went away).
+#[derive(Debug)]
+pub struct Counted {
+    inner: Either<Incoming, LocalBody>,
+    sent: u64,
+    line: Option<PendingLine>,
+}
+
+impl Counted {
+    /// Counts `inner` for `line`.
+    pub fn new(inner: Either<Incoming, LocalBody>, line: PendingLine) -> Counted {
+        Counted {
+            inner,
+            sent: 0,
+            line: Some(line),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.finish(self.sent);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl LocalBody {
@@ -52,6 +92,22 @@ impl Body for LocalBody {
                 }
                 Pin::new(rest).poll_frame(cx)
             }
+            LocalBody::Counted(counted) => {
+                let polled = match &mut counted.inner {
+                    Either::Left(body) => Pin::new(body).poll_frame(cx),
+                    Either::Right(body) => Pin::new(body).poll_frame(cx),
+                };
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            counted.sent += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => counted.finish(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -59,6 +115,10 @@ impl Body for LocalBody {
         match self {
             LocalBody::Full(bytes) => bytes.is_none(),
             LocalBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            LocalBody::Counted(counted) => match &counted.inner {
+                Either::Left(body) => body.is_end_stream(),
+                Either::Right(body) => body.is_end_stream(),
+            },
         }
     }
 
@@ -77,6 +137,10 @@ impl Body for LocalBody {
                 }
                 hint
             }
+            LocalBody::Counted(counted) => match &counted.inner {
+                Either::Left(body) => body.size_hint(),
+                Either::Right(body) => body.size_hint(),
+            },
         }
     }
 }

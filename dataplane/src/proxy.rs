@@ -159,7 +159,7 @@ pub async fn handle(
         response.headers_mut().insert("ratelimit", limit.clone());
     }
     table.count_request(info.labels.as_ref(), response.status());
-    crate::observe::finish(&shared, &table, started, &info, &request_id, &response);
+    crate::observe::finish(&shared, &table, started, &info, &request_id, &mut response);
     Ok(response)
 }
 
