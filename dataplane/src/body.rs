@@ -14,6 +14,7 @@
 
 use crate::accesslog::PendingLine;
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
@@ -32,6 +33,13 @@ pub enum LocalBody {
         prefix: Option<Bytes>,
         /// The unread part of the upstream body.
         rest: Incoming,
+    },
+    /// A read body and the trailers that followed it.
+    Trailed {
+        /// Not yet sent.
+        data: Option<Bytes>,
+        /// Sent after the data.
+        trailers: Option<HeaderMap>,
     },
     /// A response body counted as it streams.
     Counted(Box<Counted>),
@@ -92,6 +100,12 @@ impl Body for LocalBody {
                 }
                 Pin::new(rest).poll_frame(cx)
             }
+            LocalBody::Trailed { data, trailers } => {
+                if let Some(bytes) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
             LocalBody::Counted(counted) => {
                 let polled = match &mut counted.inner {
                     Either::Left(body) => Pin::new(body).poll_frame(cx),
@@ -115,6 +129,7 @@ impl Body for LocalBody {
         match self {
             LocalBody::Full(bytes) => bytes.is_none(),
             LocalBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            LocalBody::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
             LocalBody::Counted(counted) => match &counted.inner {
                 Either::Left(body) => body.is_end_stream(),
                 Either::Right(body) => body.is_end_stream(),
@@ -137,6 +152,13 @@ impl Body for LocalBody {
                 }
                 hint
             }
+            LocalBody::Trailed { data, .. } => {
+                // Not exact: an exact size would become a Content-Length,
+                // and HTTP/1.1 sends trailers only with chunked bodies.
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.as_ref().map_or(0, |b| b.len() as u64));
+                hint
+            }
             LocalBody::Counted(counted) => match &counted.inner {
                 Either::Left(body) => body.size_hint(),
                 Either::Right(body) => body.size_hint(),
@@ -155,9 +177,12 @@ pub enum ReadError {
     Failed(hyper::Error),
 }
 
-/// Reads `body` whole if it has at most `limit` bytes. Trailers are
-/// dropped (JSON and cacheable responses do not use them).
-pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+/// Reads `body` whole if it has at most `limit` bytes, with its trailers
+/// if any.
+pub async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), ReadError> {
     if body.size_hint().lower() > limit as u64 {
         return Err(ReadError::TooLarge(LocalBody::Prefixed {
             prefix: None,
@@ -165,18 +190,29 @@ pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, Rea
         }));
     }
     let mut buf = BytesMut::new();
+    let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadError::Failed)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    buf.extend_from_slice(&data);
+                    return Err(ReadError::TooLarge(LocalBody::Prefixed {
+                        prefix: Some(buf.freeze()),
+                        rest: body,
+                    }));
+                }
                 buf.extend_from_slice(&data);
-                return Err(ReadError::TooLarge(LocalBody::Prefixed {
-                    prefix: Some(buf.freeze()),
-                    rest: body,
-                }));
+                continue;
             }
-            buf.extend_from_slice(&data);
+            Err(frame) => frame,
+        };
+        if let Ok(more) = frame.into_trailers() {
+            match &mut trailers {
+                Some(all) => all.extend(more),
+                None => trailers = Some(more),
+            }
         }
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), trailers))
 }

@@ -15,7 +15,10 @@
 //!
 //! A body is read into memory only when a filter needs it, and never past
 //! the filter's limit: larger bodies stream through unchanged (counted as
-//! `oversize` transforms and `too-large` cache refusals).
+//! `oversize` transforms and `too-large` cache refusals). Responses that
+//! announce trailers (`Trailer`, gRPC) are never read into memory: they
+//! stream through with their trailers, untransformed and unstored
+//! (`trailers` cache refusals).
 //!
 //! The cache stores the response as served *after* the transform. When
 //! the transform only applies to some device classes, whether it applied
@@ -426,13 +429,19 @@ where
         max_entry,
     )
     .await?;
-    let Some(body) = body else {
-        f.runtime.metrics.not_stored(NotStored::TooLarge.as_str());
-        set_status(
-            &mut response,
-            &format!("ferrogate; fwd=miss; fwd-status={fwd_status}; detail=too-large"),
-        );
-        return Ok(response);
+    let body = match body {
+        Ok(body) => body,
+        Err(reason) => {
+            f.runtime.metrics.not_stored(reason.as_str());
+            set_status(
+                &mut response,
+                &format!(
+                    "ferrogate; fwd=miss; fwd-status={fwd_status}; detail={}",
+                    reason.as_str()
+                ),
+            );
+            return Ok(response);
+        }
     };
     let mut headers = response.headers().clone();
     for name in [
@@ -708,26 +717,32 @@ fn wants_transform(response: &Response<Body>) -> Result<Coding, Option<Skip>> {
 }
 
 /// Transform only (no cache store): streams when the transform does not
-/// apply. Returns the response and, when it was read, its final body.
+/// apply.
 async fn finish_transform(
     response: Response<Body>,
     trimmer: Option<&Trimmer>,
     transformed: Option<bool>,
     metrics: &RouteMetrics,
-) -> Result<(Response<Body>, Option<Bytes>), ProxyError> {
+) -> Result<(Response<Body>, Result<Bytes, NotStored>), ProxyError> {
     finish_transform_buffered(response, trimmer, transformed, metrics, 0).await
 }
 
 /// Applies the transform, and reads the body when it has at most
 /// `keep_limit` bytes (for the cache). Returns the body when it was read
-/// whole.
+/// whole and may be stored, else why not (too large, or trailers).
+///
+/// A response that announces trailers ([`policy::announces_trailers`]) is
+/// never read into memory: it streams through untransformed, trailers
+/// included. Trailers that come unannounced after a body read here are
+/// sent after it (the body then goes out without `Content-Length`), and
+/// the response is not stored.
 async fn finish_transform_buffered(
     response: Response<Body>,
     trimmer: Option<&Trimmer>,
     transformed: Option<bool>,
     metrics: &RouteMetrics,
     keep_limit: usize,
-) -> Result<(Response<Body>, Option<Bytes>), ProxyError> {
+) -> Result<(Response<Body>, Result<Bytes, NotStored>), ProxyError> {
     let mut coding = None;
     if let Some(trimmer) = trimmer {
         match wants_transform(&response) {
@@ -747,7 +762,10 @@ async fn finish_transform_buffered(
         add_device_vary(&mut parts.headers);
     }
     if limit == 0 {
-        return Ok((Response::from_parts(parts, body), None));
+        return Ok((Response::from_parts(parts, body), Err(NotStored::TooLarge)));
+    }
+    if policy::announces_trailers(&parts.headers) {
+        return Ok((Response::from_parts(parts, body), Err(NotStored::Trailers)));
     }
     let declared = parts
         .headers
@@ -758,23 +776,26 @@ async fn finish_transform_buffered(
         if coding.is_some() {
             metrics.transform(Skip::TooLarge.as_str());
         }
-        return Ok((Response::from_parts(parts, body), None));
+        return Ok((Response::from_parts(parts, body), Err(NotStored::TooLarge)));
     }
-    let bytes = match body {
+    let (bytes, trailers) = match body {
         Either::Left(incoming) => match read_limited(incoming, limit).await {
-            Ok(bytes) => bytes,
+            Ok(read) => read,
             Err(ReadError::TooLarge(rest)) => {
                 if coding.is_some() {
                     metrics.transform(Skip::TooLarge.as_str());
                 }
-                return Ok((Response::from_parts(parts, Either::Right(rest)), None));
+                return Ok((
+                    Response::from_parts(parts, Either::Right(rest)),
+                    Err(NotStored::TooLarge),
+                ));
             }
             Err(ReadError::Failed(error)) => return Err(ProxyError::Upstream(error.to_string())),
         },
-        Either::Right(LocalBody::Full(bytes)) => bytes.unwrap_or_default(),
+        Either::Right(LocalBody::Full(bytes)) => (bytes.unwrap_or_default(), None),
         Either::Right(other) => {
             let body = Either::Right(other);
-            return Ok((Response::from_parts(parts, body), None));
+            return Ok((Response::from_parts(parts, body), Err(NotStored::TooLarge)));
         }
     };
     let bytes = match coding {
@@ -809,10 +830,22 @@ async fn finish_transform_buffered(
         None => bytes,
     };
     parts.headers.remove(header::TRANSFER_ENCODING);
+    if let Some(trailers) = trailers {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = Either::Right(LocalBody::Trailed {
+            data: (!bytes.is_empty()).then_some(bytes),
+            trailers: Some(trailers),
+        });
+        return Ok((Response::from_parts(parts, body), Err(NotStored::Trailers)));
+    }
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let keep = (bytes.len() <= keep_limit).then(|| bytes.clone());
+    let keep = if bytes.len() <= keep_limit {
+        Ok(bytes.clone())
+    } else {
+        Err(NotStored::TooLarge)
+    };
     let body = Either::Right(LocalBody::full(bytes));
     Ok((Response::from_parts(parts, body), keep))
 }

@@ -35,7 +35,11 @@
 //!   (unless the rule says so), answers to requests with `Authorization`
 //!   (unless the rule says so), statuses that are not cacheable, responses
 //!   without freshness (no `max-age`, `s-maxage` or `Expires`, and no
-//!   `defaultTtl`). Stale answers are never served.
+//!   `defaultTtl`), responses with trailers (entries keep none): those
+//!   that announce them (`Trailer`, gRPC) are never buffered and stream
+//!   through with their trailers; trailers found after a body read for
+//!   the cache are sent after it, unstored. Stale answers are never
+//!   served.
 
 pub mod policy;
 
