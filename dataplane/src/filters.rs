@@ -849,3 +849,101 @@ async fn finish_transform_buffered(
     let body = Either::Right(LocalBody::full(bytes));
     Ok((Response::from_parts(parts, body), keep))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(headers: HeaderMap, served: HeaderMap) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            served,
+            body: Bytes::from_static(b"hello"),
+            stored_at: SystemTime::now(),
+            initial_age: Duration::from_secs(3),
+            lifetime: Duration::from_secs(60),
+            upstream_etag: None,
+            upstream_last_modified: None,
+        }
+    }
+
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// A hit from the prepared head sends what the response phase made of
+    /// the stored headers before: same names, values and order.
+    #[test]
+    fn prepared_heads_answer_like_the_response_phase() {
+        let mut stored = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("content-length", "5"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("vary", "accept-encoding"),
+            ("etag", "\"a\""),
+        ] {
+            stored.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let now = SystemTime::now();
+        for transformed in [None, Some(true)] {
+            for head in [false, true] {
+                let served = served_headers(&stored, transformed);
+                let fast = serve_entry(
+                    &entry(stored.clone(), served),
+                    &HeaderMap::new(),
+                    head,
+                    now,
+                    status_value(HIT_STATUS, 57),
+                    transformed,
+                    "req-1",
+                );
+                // Before: the stored headers, then the proxy's hop-by-hop
+                // removal and the request id.
+                let mut before = serve_entry(
+                    &entry(stored.clone(), HeaderMap::new()),
+                    &HeaderMap::new(),
+                    head,
+                    now,
+                    status_value(HIT_STATUS, 57),
+                    transformed,
+                    "req-1",
+                );
+                crate::proxy::strip_hop_by_hop(before.headers_mut(), false);
+                before
+                    .headers_mut()
+                    .insert(X_REQUEST_ID, HeaderValue::from_static("req-1"));
+                assert_eq!(pairs(fast.headers()), pairs(before.headers()));
+                assert_eq!(fast.status(), before.status());
+                assert_eq!(fast.headers()["cache-status"], "ferrogate; hit; ttl=57");
+                assert_eq!(fast.headers()["age"], "3");
+                assert!(!fast.headers().contains_key("x-secret"));
+            }
+        }
+    }
+
+    #[test]
+    fn only_keep_alive_lets_a_hit_skip_the_preparation() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static(value));
+            connection_names_headers(&headers)
+        };
+        assert!(!connection_names_headers(&HeaderMap::new()));
+        assert!(!with("keep-alive"));
+        assert!(!with("Keep-Alive"));
+        assert!(with("keep-alive, x-tenant"));
+        assert!(with("close"));
+        assert!(with("upgrade"));
+    }
+}
