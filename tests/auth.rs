@@ -651,6 +651,26 @@ async fn api_keys_from_a_query_parameter_are_stripped() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json()["uri"], "/orders?page=2&sort=asc");
     assert_eq!(client.get(HOST, "/orders?api_key=wrong").await.status, 401);
+    // Neither key reaches the access log (it logs the path without the
+    // query) nor the gateway's own log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gateway.stdout_lines().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = gateway.stdout_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for text in [lines.join("\n"), gateway.log()] {
+        assert!(
+            !text.contains("key-bob-0123456789"),
+            "a key was logged: {text}"
+        );
+        assert!(
+            !text.contains("api_key"),
+            "the key parameter was logged: {text}"
+        );
+    }
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("JSON line");
+    assert_eq!(first["path"], "/orders");
 }
 
 #[tokio::test]

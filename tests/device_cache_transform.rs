@@ -615,3 +615,62 @@ async fn purge_by_prefix() {
     );
     assert!(metric(&metrics, "ferrogate_cache_bytes", "") > 0.0);
 }
+
+/// A cacheable response that announces trailers streams through with its
+/// trailers, and is not stored (entries keep no trailers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_with_trailers_keep_them_and_are_not_stored() {
+    use http_body_util::BodyExt;
+    let upstream = scripted(|_, _| {
+        Reply::json("{\"ok\":true}")
+            .header("cache-control", "max-age=60")
+            .header("trailer", "x-checksum")
+            .trailer("x-checksum", "abc")
+    })
+    .await;
+    let gateway = Gateway::start(&[(
+        "c.yaml",
+        &cache_route(&upstream.url(), "        maxEntryBytes: 100000\n"),
+    )]);
+    // HTTP/2 to the gateway: trailers reach the client whatever the
+    // response's headers say.
+    let stream = tokio::net::TcpStream::connect(gateway.http)
+        .await
+        .expect("connect to the gateway");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let request = http::Request::get("http://cache.test/t")
+            .header("te", "trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+            .await
+            .expect("answer within 10 s")
+            .expect("response");
+        assert_eq!(response.status(), 200);
+        let cache_status = response
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(cache_status.contains("detail=trailers"), "{cache_status}");
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .unwrap_or_else(|| panic!("no trailers reached the client; log:\n{}", gateway.log()));
+        assert_eq!(
+            trailers.get("x-checksum").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(collected.to_bytes(), "{\"ok\":true}");
+    }
+    assert_eq!(upstream.hits(), 2, "nothing was stored");
+}

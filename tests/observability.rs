@@ -26,6 +26,7 @@ async fn echo() -> scripted::Scripted {
             "/cached" => reply.header("cache-control", "max-age=60"),
             "/fail" => reply.status(503),
             "/slow" => reply.delay(Duration::from_secs(2)),
+            "/chunked" => reply.chunked(),
             _ => reply,
         }
     })
@@ -253,6 +254,29 @@ async fn access_log_lines_describe_each_request() {
     assert_eq!(lines[3]["route"], serde_json::Value::Null);
 }
 
+/// A body that streams (no `Content-Length`) is counted as it is sent:
+/// its line is written when it ends, with the bytes sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_counts_streamed_bodies() {
+    let upstream = echo().await;
+    let gateway = Gateway::start(&[("route.yaml", &obs_yaml(&upstream.url()))]);
+    let client = RawClient::new(gateway.http);
+    let answer = client
+        .get("obs.test", "/chunked", &[("x-request-id", "streamed")])
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-length"), None, "the body streamed");
+    assert!(!answer.body.is_empty());
+    eventually(Duration::from_secs(5), "the access log line", async || {
+        !gateway.stdout_lines().is_empty()
+    })
+    .await;
+    let lines = access_lines(&gateway);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["request_id"], "streamed");
+    assert_eq!(lines[0]["bytes_out"], answer.body.len() as u64, "{lines:?}");
+}
+
 /// Sampling 0 keeps only 5xx lines; `--access-log off` keeps none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_sampling_and_off() {
@@ -388,4 +412,47 @@ async fn spans_are_exported_over_otlp() {
         "the attempt span is the one the upstream saw as parent"
     );
     assert!(has(b"default/obs"), "route attribute");
+}
+
+/// Spans still queued for export when the gateway is told to stop
+/// (SIGTERM) reach the collector before it exits. The export delay is a
+/// minute here, so only the flush at shutdown can send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_spans_are_flushed_at_shutdown() {
+    let upstream = echo().await;
+    let collector =
+        scripted(|_, _| Reply::json("{}").header("content-type", "application/x-protobuf")).await;
+    let endpoint = collector.url();
+    let mut gateway = Gateway::start_with_env(
+        &[("route.yaml", &obs_yaml(&upstream.url()))],
+        // One thread, as in production benchmarks: the export then needs
+        // the runtime's only thread while the process stops.
+        &["--otlp-endpoint", &endpoint, "--threads", "1"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "60000")],
+    );
+    let client = RawClient::new(gateway.http);
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let answer = client
+        .get("obs.test", "/a", &[("traceparent", parent)])
+        .await;
+    assert_eq!(answer.status, 200);
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| {
+            u8::from_str_radix(&"0af7651916cd43dd8448eb211c80319c"[i * 2..i * 2 + 2], 16)
+                .expect("hex")
+        })
+        .collect();
+    let exported = || {
+        collector
+            .seen()
+            .iter()
+            .any(|s| s.body.windows(16).any(|w| w == trace_id.as_slice()))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!exported(), "nothing is exported before the delay");
+
+    gateway.terminate();
+    let status = tokio::task::block_in_place(|| gateway.wait_exit(Duration::from_secs(20)));
+    assert!(status.is_some(), "the gateway exits after SIGTERM");
+    assert!(exported(), "the queued spans were flushed at shutdown");
 }

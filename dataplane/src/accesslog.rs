@@ -30,7 +30,7 @@
 //! | `status` | status sent to the client |
 //! | `error` | error code when Ferrogate answered with an error |
 //! | `bytes_in` | request body size when known (`Content-Length`) |
-//! | `bytes_out` | response body size when known when the head is sent |
+//! | `bytes_out` | response body size: known when the head is sent, or counted as the body streams (the line is then written when the body ends, or when the client goes away, with the bytes sent until then) |
 //! | `duration_ms` | time until the response head was ready |
 //! | `upstream` | `host:port` of the last upstream attempt |
 //! | `upstream_cluster` | its cluster |
@@ -173,6 +173,44 @@ impl AccessLog {
                 self.lines.inc();
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl AccessLog {
+    /// A line to write later, when its `bytes_out` is known (the response
+    /// body streams); `None` when logging is off.
+    pub fn pending(&self, line: &Line<'_>) -> Option<PendingLine> {
+        let sender = self.sender.clone()?;
+        let line = serde_json::to_value(line).ok()?;
+        Some(PendingLine {
+            line,
+            sender,
+            lines: self.lines.clone(),
+        })
+    }
+}
+
+/// An access log line waiting for the end of its response body.
+#[derive(Debug)]
+pub struct PendingLine {
+    line: serde_json::Value,
+    sender: SyncSender<String>,
+    lines: Counter,
+}
+
+impl PendingLine {
+    /// Queues the line with the bytes sent; drops it when the writer is
+    /// behind.
+    pub fn finish(mut self, bytes_out: u64) {
+        if let Some(fields) = self.line.as_object_mut() {
+            fields.insert("bytes_out".into(), bytes_out.into());
+        }
+        let Ok(text) = serde_json::to_string(&self.line) else {
+            return;
+        };
+        if self.sender.try_send(text).is_ok() {
+            self.lines.inc();
         }
     }
 }

@@ -7,15 +7,22 @@
 //! already read and the unread rest are handed back as one
 //! [`LocalBody::Prefixed`] body, so the client still gets every byte,
 //! unchanged, without the gateway buffering it.
+//!
+//! A response body whose size is unknown when its head is sent is wrapped
+//! in [`LocalBody::Counted`] when the request is logged: the bytes are
+//! counted as they stream, and the access log line is written at the end.
 
+use crate::accesslog::PendingLine;
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// A body built by the dataplane: whole bytes, or buffered bytes followed
-/// by the unread rest of an upstream body.
+/// by the unread rest of an upstream body, or another body counted for
+/// the access log.
 #[derive(Debug)]
 pub enum LocalBody {
     /// A complete body (taken on the first poll).
@@ -27,6 +34,47 @@ pub enum LocalBody {
         /// The unread part of the upstream body.
         rest: Incoming,
     },
+    /// A read body and the trailers that followed it.
+    Trailed {
+        /// Not yet sent.
+        data: Option<Bytes>,
+        /// Sent after the data.
+        trailers: Option<HeaderMap>,
+    },
+    /// A response body counted as it streams.
+    Counted(Box<Counted>),
+}
+
+/// A response body and its access log line, written with the bytes sent
+/// when the body ends, fails, or is dropped (the client went away).
+#[derive(Debug)]
+pub struct Counted {
+    inner: Either<Incoming, LocalBody>,
+    sent: u64,
+    line: Option<PendingLine>,
+}
+
+impl Counted {
+    /// Counts `inner` for `line`.
+    pub fn new(inner: Either<Incoming, LocalBody>, line: PendingLine) -> Counted {
+        Counted {
+            inner,
+            sent: 0,
+            line: Some(line),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.finish(self.sent);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl LocalBody {
@@ -52,6 +100,28 @@ impl Body for LocalBody {
                 }
                 Pin::new(rest).poll_frame(cx)
             }
+            LocalBody::Trailed { data, trailers } => {
+                if let Some(bytes) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            LocalBody::Counted(counted) => {
+                let polled = match &mut counted.inner {
+                    Either::Left(body) => Pin::new(body).poll_frame(cx),
+                    Either::Right(body) => Pin::new(body).poll_frame(cx),
+                };
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            counted.sent += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => counted.finish(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -59,6 +129,11 @@ impl Body for LocalBody {
         match self {
             LocalBody::Full(bytes) => bytes.is_none(),
             LocalBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            LocalBody::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
+            LocalBody::Counted(counted) => match &counted.inner {
+                Either::Left(body) => body.is_end_stream(),
+                Either::Right(body) => body.is_end_stream(),
+            },
         }
     }
 
@@ -77,6 +152,17 @@ impl Body for LocalBody {
                 }
                 hint
             }
+            LocalBody::Trailed { data, .. } => {
+                // Not exact: an exact size would become a Content-Length,
+                // and HTTP/1.1 sends trailers only with chunked bodies.
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.as_ref().map_or(0, |b| b.len() as u64));
+                hint
+            }
+            LocalBody::Counted(counted) => match &counted.inner {
+                Either::Left(body) => body.size_hint(),
+                Either::Right(body) => body.size_hint(),
+            },
         }
     }
 }
@@ -91,9 +177,12 @@ pub enum ReadError {
     Failed(hyper::Error),
 }
 
-/// Reads `body` whole if it has at most `limit` bytes. Trailers are
-/// dropped (JSON and cacheable responses do not use them).
-pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+/// Reads `body` whole if it has at most `limit` bytes, with its trailers
+/// if any.
+pub async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), ReadError> {
     if body.size_hint().lower() > limit as u64 {
         return Err(ReadError::TooLarge(LocalBody::Prefixed {
             prefix: None,
@@ -101,18 +190,29 @@ pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, Rea
         }));
     }
     let mut buf = BytesMut::new();
+    let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadError::Failed)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    buf.extend_from_slice(&data);
+                    return Err(ReadError::TooLarge(LocalBody::Prefixed {
+                        prefix: Some(buf.freeze()),
+                        rest: body,
+                    }));
+                }
                 buf.extend_from_slice(&data);
-                return Err(ReadError::TooLarge(LocalBody::Prefixed {
-                    prefix: Some(buf.freeze()),
-                    rest: body,
-                }));
+                continue;
             }
-            buf.extend_from_slice(&data);
+            Err(frame) => frame,
+        };
+        if let Ok(more) = frame.into_trailers() {
+            match &mut trailers {
+                Some(all) => all.extend(more),
+                None => trailers = Some(more),
+            }
         }
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), trailers))
 }

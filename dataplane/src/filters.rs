@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  request ─▶ cache lookup ── fresh hit ──────────────────────────────▶ (304?) ─▶ client
+//!            (fresh_hit: before the upstream request is prepared;
+//!             forward: after, for everything else)
 //!                 │ miss / stale / bypass
 //!                 ▼
 //!             forward (proxy::forward_request: balancing, retries)
@@ -13,7 +15,10 @@
 //!
 //! A body is read into memory only when a filter needs it, and never past
 //! the filter's limit: larger bodies stream through unchanged (counted as
-//! `oversize` transforms and `too-large` cache refusals).
+//! `oversize` transforms and `too-large` cache refusals). Responses that
+//! announce trailers (`Trailer`, gRPC) are never read into memory: they
+//! stream through with their trailers, untransformed and unstored
+//! (`trailers` cache refusals).
 //!
 //! The cache stores the response as served *after* the transform. When
 //! the transform only applies to some device classes, whether it applied
@@ -63,6 +68,8 @@ pub struct Filtered<'a> {
     pub query: Option<&'a str>,
     /// Time the route's request may take, to bound waiting for another.
     pub request_timeout: Duration,
+    /// The request's `x-request-id`, set on answers from the cache.
+    pub request_id: &'a str,
 }
 
 /// The cache's part in one request.
@@ -74,6 +81,122 @@ struct CacheStep<'a> {
     head: bool,
     stale: Option<Arc<Entry>>,
     _leader: Option<cache::LeaderGuard>,
+}
+
+/// Request headers that the forward phase changes before it calls
+/// [`forward`] (`proxy::prepare_upstream_headers`: hop-by-hop removal,
+/// `X-Forwarded-*`, `x-request-id`, `Host`).
+const PREPARED: [HeaderName; 14] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    X_REQUEST_ID,
+    header::HOST,
+];
+
+/// Answers a request from a fresh stored entry before anything is
+/// prepared for the upstream: the cache-hit fast path.
+///
+/// The answer is the one [`forward`] would give after the preparation,
+/// because the lookup only reads headers the preparation leaves alone:
+/// it declines (`None`, and [`forward`] decides as before) when the route
+/// changes request headers, when `Connection` names headers to drop, or
+/// when the key or a remembered `Vary` uses a header in [`PREPARED`]. It
+/// also declines for anything but a fresh hit (misses, revalidation,
+/// coalescing); nothing is counted then.
+pub async fn fresh_hit(
+    f: &Filtered<'_>,
+    req: &Request<Incoming>,
+    cache_result: &mut Option<CacheResult>,
+) -> Option<Response<Body>> {
+    let policy = f.route.cache.as_ref()?;
+    let headers = req.headers();
+    if f.route.request_headers.is_some()
+        || connection_names_headers(headers)
+        || policy.key_headers.iter().any(|name| {
+            PREPARED
+                .iter()
+                .any(|p| p.as_str().eq_ignore_ascii_case(name))
+        })
+        || policy::request_mode(req.method(), headers, policy) != RequestMode::Lookup
+    {
+        return None;
+    }
+    let trimmer = f
+        .runtime
+        .trimmer
+        .as_ref()
+        .filter(|t| t.applies_to(f.device));
+    let transformed = f
+        .runtime
+        .trimmer
+        .as_ref()
+        .filter(|t| t.device_specific())
+        .map(|_| trimmer.is_some());
+    let primary = cache::primary_key_text(
+        f.host,
+        f.path,
+        f.query,
+        (&f.runtime.route_label, &f.runtime.rule_label),
+        policy.key_device.then_some(f.device),
+        transformed,
+        &policy.key_headers,
+        headers,
+    );
+    let entry = match f.store.vary_names(&primary).await {
+        Some(names) if !names.is_empty() => {
+            if names.iter().any(|name| PREPARED.contains(name)) {
+                return None;
+            }
+            f.store
+                .get(&cache::vary_key(&primary, &names, headers))
+                .await?
+        }
+        _ => f.store.get(&primary).await?,
+    };
+    let now = SystemTime::now();
+    if !entry.is_fresh(now) {
+        return None;
+    }
+    f.runtime.metrics.cache(CacheResult::Hit);
+    *cache_result = Some(CacheResult::Hit);
+    let mut response = serve_entry(
+        &entry,
+        headers,
+        req.method() == Method::HEAD,
+        now,
+        status_value(HIT_STATUS, entry.ttl(now).as_secs()),
+        transformed,
+        f.request_id,
+    );
+    if response.status() == StatusCode::NOT_MODIFIED {
+        // Full answers come prepared (`Entry::served`); a 304 is built here.
+        crate::proxy::strip_hop_by_hop(response.headers_mut(), false);
+    }
+    Some(response)
+}
+
+/// Whether `Connection` names headers other than `keep-alive` (hop-by-hop
+/// removal would drop them).
+fn connection_names_headers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| match value.to_str() {
+            Ok(text) => text
+                .split(',')
+                .any(|token| !token.trim().eq_ignore_ascii_case("keep-alive")),
+            Err(_) => true,
+        })
 }
 
 /// Runs the filters around `send`, which forwards the request.
@@ -145,21 +268,22 @@ where
                             };
                             f.runtime.metrics.cache(result);
                             *cache_result = Some(result);
-                            let status = if collapsed {
-                                format!(
-                                    "ferrogate; fwd=miss; collapsed; ttl={}",
-                                    entry.ttl(now).as_secs()
-                                )
-                            } else {
-                                format!("ferrogate; hit; ttl={}", entry.ttl(now).as_secs())
-                            };
+                            let status = status_value(
+                                if collapsed {
+                                    "ferrogate; fwd=miss; collapsed; ttl="
+                                } else {
+                                    HIT_STATUS
+                                },
+                                entry.ttl(now).as_secs(),
+                            );
                             return Ok(serve_entry(
                                 entry,
                                 req.headers(),
                                 req.method() == Method::HEAD,
                                 now,
-                                &status,
+                                status,
                                 transformed,
+                                f.request_id,
                             ));
                         }
                     }
@@ -226,14 +350,15 @@ where
             step.policy,
             request_time,
             response_time,
+            transformed,
         );
         f.runtime.metrics.cache(CacheResult::Revalidated);
         *cache_result = Some(CacheResult::Revalidated);
-        let status = format!(
-            "ferrogate; fwd=stale; fwd-status=304; ttl={}",
+        let status = status_value(
+            "ferrogate; fwd=stale; fwd-status=304; ttl=",
             refreshed
                 .as_ref()
-                .map_or(0, |e| e.ttl(response_time).as_secs())
+                .map_or(0, |e| e.ttl(response_time).as_secs()),
         );
         let served = match refreshed {
             Some(entry) => {
@@ -243,8 +368,9 @@ where
                     &step.request,
                     step.head,
                     response_time,
-                    &status,
+                    status,
                     transformed,
+                    f.request_id,
                 );
                 f.store
                     .insert(&step.primary, &vary, &step.request, entry)
@@ -258,8 +384,9 @@ where
                     &step.request,
                     step.head,
                     response_time,
-                    &status,
+                    status,
                     transformed,
+                    f.request_id,
                 )
             }
         };
@@ -302,13 +429,19 @@ where
         max_entry,
     )
     .await?;
-    let Some(body) = body else {
-        f.runtime.metrics.not_stored(NotStored::TooLarge.as_str());
-        set_status(
-            &mut response,
-            &format!("ferrogate; fwd=miss; fwd-status={fwd_status}; detail=too-large"),
-        );
-        return Ok(response);
+    let body = match body {
+        Ok(body) => body,
+        Err(reason) => {
+            f.runtime.metrics.not_stored(reason.as_str());
+            set_status(
+                &mut response,
+                &format!(
+                    "ferrogate; fwd=miss; fwd-status={fwd_status}; detail={}",
+                    reason.as_str()
+                ),
+            );
+            return Ok(response);
+        }
     };
     let mut headers = response.headers().clone();
     for name in [
@@ -321,6 +454,7 @@ where
     let vary = policy::vary_names(&headers).unwrap_or_default();
     let entry = Entry {
         status: response.status(),
+        served: served_headers(&headers, transformed),
         headers,
         body,
         stored_at: response_time,
@@ -335,9 +469,13 @@ where
         &step.request,
         false,
         response_time,
-        &format!("ferrogate; fwd=miss; fwd-status={fwd_status}; stored; ttl={ttl}"),
+        HeaderValue::from_str(&format!(
+            "ferrogate; fwd=miss; fwd-status={fwd_status}; stored; ttl={ttl}"
+        ))
+        .ok(),
         // Already set by the transform step.
         None,
+        f.request_id,
     );
     f.store
         .insert(&step.primary, &vary, &step.request, entry)
@@ -367,6 +505,7 @@ fn refresh(
     policy: &CachePolicy,
     request_time: SystemTime,
     response_time: SystemTime,
+    transformed: Option<bool>,
 ) -> Option<Entry> {
     let mut headers = entry.headers.clone();
     let mut upstream_etag = entry.upstream_etag.clone();
@@ -401,6 +540,7 @@ fn refresh(
     let freshness = policy::storable(entry.status, &headers, policy).ok()?;
     Some(Entry {
         status: entry.status,
+        served: served_headers(&headers, transformed),
         headers,
         body: entry.body.clone(),
         stored_at: response_time,
@@ -413,17 +553,42 @@ fn refresh(
 
 /// A response from a stored entry: `Age`, `Cache-Status`, and 304 when
 /// the client's validators match.
+#[allow(clippy::too_many_arguments)]
 fn serve_entry(
     entry: &Entry,
     request: &HeaderMap,
     head: bool,
     now: SystemTime,
-    status: &str,
+    status: Option<HeaderValue>,
     transformed: Option<bool>,
+    request_id: &str,
 ) -> Response<Body> {
     let not_modified = policy::evaluate_conditional(request, &entry.headers)
         == Conditional::NotModified
         && entry.status == StatusCode::OK;
+    if !not_modified && !entry.served.is_empty() {
+        // The usual answer: the prepared head, three values filled in
+        // place (no header is added, so the cloned map does not grow).
+        let body = if head {
+            Bytes::new()
+        } else {
+            entry.body.clone()
+        };
+        let mut response = Response::new(Either::Right(LocalBody::full(body)));
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.served.clone();
+        let headers = response.headers_mut();
+        headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+        match status {
+            Some(value) => headers.insert(CACHE_STATUS, value),
+            None => headers.remove(CACHE_STATUS),
+        };
+        match HeaderValue::from_str(request_id) {
+            Ok(value) => headers.insert(X_REQUEST_ID, value),
+            Err(_) => headers.remove(X_REQUEST_ID),
+        };
+        return response;
+    }
     let mut response = if not_modified {
         let mut response = Response::new(Either::Right(LocalBody::full(Bytes::new())));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -449,13 +614,54 @@ fn serve_entry(
     };
     let headers = response.headers_mut();
     headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
-    if let Ok(value) = HeaderValue::from_str(status) {
+    if let Some(value) = status {
         headers.insert(CACHE_STATUS, value);
     }
     if transformed.is_some() && !not_modified {
         add_device_vary(headers);
     }
     response
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `Cache-Status` of a fresh hit, before the TTL.
+const HIT_STATUS: &str = "ferrogate; hit; ttl=";
+
+/// The head of full answers from an entry with these `headers` (see
+/// [`Entry::served`]): what [`serve_entry`] and then the proxy's response
+/// phase would make of them, with the per-answer values as placeholders.
+pub(crate) fn served_headers(headers: &HeaderMap, transformed: Option<bool>) -> HeaderMap {
+    let mut served = headers.clone();
+    served.insert(header::AGE, HeaderValue::from_static("0"));
+    served.insert(CACHE_STATUS, HeaderValue::from_static("ferrogate"));
+    if transformed.is_some() {
+        add_device_vary(&mut served);
+    }
+    crate::proxy::strip_hop_by_hop(&mut served, false);
+    served.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
+    served
+}
+
+/// `prefix` followed by `ttl` as a header value, without the formatting
+/// machinery (it is done for every hit).
+fn status_value(prefix: &str, ttl: u64) -> Option<HeaderValue> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = ttl;
+    loop {
+        at -= 1;
+        // `rest % 10` is below 10.
+        digits[at] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut text = Vec::with_capacity(prefix.len() + digits.len() - at);
+    text.extend_from_slice(prefix.as_bytes());
+    text.extend_from_slice(&digits[at..]);
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 fn add_device_vary(headers: &mut HeaderMap) {
@@ -511,26 +717,32 @@ fn wants_transform(response: &Response<Body>) -> Result<Coding, Option<Skip>> {
 }
 
 /// Transform only (no cache store): streams when the transform does not
-/// apply. Returns the response and, when it was read, its final body.
+/// apply.
 async fn finish_transform(
     response: Response<Body>,
     trimmer: Option<&Trimmer>,
     transformed: Option<bool>,
     metrics: &RouteMetrics,
-) -> Result<(Response<Body>, Option<Bytes>), ProxyError> {
+) -> Result<(Response<Body>, Result<Bytes, NotStored>), ProxyError> {
     finish_transform_buffered(response, trimmer, transformed, metrics, 0).await
 }
 
 /// Applies the transform, and reads the body when it has at most
 /// `keep_limit` bytes (for the cache). Returns the body when it was read
-/// whole.
+/// whole and may be stored, else why not (too large, or trailers).
+///
+/// A response that announces trailers ([`policy::announces_trailers`]) is
+/// never read into memory: it streams through untransformed, trailers
+/// included. Trailers that come unannounced after a body read here are
+/// sent after it (the body then goes out without `Content-Length`), and
+/// the response is not stored.
 async fn finish_transform_buffered(
     response: Response<Body>,
     trimmer: Option<&Trimmer>,
     transformed: Option<bool>,
     metrics: &RouteMetrics,
     keep_limit: usize,
-) -> Result<(Response<Body>, Option<Bytes>), ProxyError> {
+) -> Result<(Response<Body>, Result<Bytes, NotStored>), ProxyError> {
     let mut coding = None;
     if let Some(trimmer) = trimmer {
         match wants_transform(&response) {
@@ -550,7 +762,10 @@ async fn finish_transform_buffered(
         add_device_vary(&mut parts.headers);
     }
     if limit == 0 {
-        return Ok((Response::from_parts(parts, body), None));
+        return Ok((Response::from_parts(parts, body), Err(NotStored::TooLarge)));
+    }
+    if policy::announces_trailers(&parts.headers) {
+        return Ok((Response::from_parts(parts, body), Err(NotStored::Trailers)));
     }
     let declared = parts
         .headers
@@ -561,23 +776,26 @@ async fn finish_transform_buffered(
         if coding.is_some() {
             metrics.transform(Skip::TooLarge.as_str());
         }
-        return Ok((Response::from_parts(parts, body), None));
+        return Ok((Response::from_parts(parts, body), Err(NotStored::TooLarge)));
     }
-    let bytes = match body {
+    let (bytes, trailers) = match body {
         Either::Left(incoming) => match read_limited(incoming, limit).await {
-            Ok(bytes) => bytes,
+            Ok(read) => read,
             Err(ReadError::TooLarge(rest)) => {
                 if coding.is_some() {
                     metrics.transform(Skip::TooLarge.as_str());
                 }
-                return Ok((Response::from_parts(parts, Either::Right(rest)), None));
+                return Ok((
+                    Response::from_parts(parts, Either::Right(rest)),
+                    Err(NotStored::TooLarge),
+                ));
             }
             Err(ReadError::Failed(error)) => return Err(ProxyError::Upstream(error.to_string())),
         },
-        Either::Right(LocalBody::Full(bytes)) => bytes.unwrap_or_default(),
+        Either::Right(LocalBody::Full(bytes)) => (bytes.unwrap_or_default(), None),
         Either::Right(other) => {
             let body = Either::Right(other);
-            return Ok((Response::from_parts(parts, body), None));
+            return Ok((Response::from_parts(parts, body), Err(NotStored::TooLarge)));
         }
     };
     let bytes = match coding {
@@ -612,10 +830,120 @@ async fn finish_transform_buffered(
         None => bytes,
     };
     parts.headers.remove(header::TRANSFER_ENCODING);
+    if let Some(trailers) = trailers {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = Either::Right(LocalBody::Trailed {
+            data: (!bytes.is_empty()).then_some(bytes),
+            trailers: Some(trailers),
+        });
+        return Ok((Response::from_parts(parts, body), Err(NotStored::Trailers)));
+    }
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let keep = (bytes.len() <= keep_limit).then(|| bytes.clone());
+    let keep = if bytes.len() <= keep_limit {
+        Ok(bytes.clone())
+    } else {
+        Err(NotStored::TooLarge)
+    };
     let body = Either::Right(LocalBody::full(bytes));
     Ok((Response::from_parts(parts, body), keep))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(headers: HeaderMap, served: HeaderMap) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            served,
+            body: Bytes::from_static(b"hello"),
+            stored_at: SystemTime::now(),
+            initial_age: Duration::from_secs(3),
+            lifetime: Duration::from_secs(60),
+            upstream_etag: None,
+            upstream_last_modified: None,
+        }
+    }
+
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// A hit from the prepared head sends what the response phase made of
+    /// the stored headers before: same names, values and order.
+    #[test]
+    fn prepared_heads_answer_like_the_response_phase() {
+        let mut stored = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("content-length", "5"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("vary", "accept-encoding"),
+            ("etag", "\"a\""),
+        ] {
+            stored.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let now = SystemTime::now();
+        for transformed in [None, Some(true)] {
+            for head in [false, true] {
+                let served = served_headers(&stored, transformed);
+                let fast = serve_entry(
+                    &entry(stored.clone(), served),
+                    &HeaderMap::new(),
+                    head,
+                    now,
+                    status_value(HIT_STATUS, 57),
+                    transformed,
+                    "req-1",
+                );
+                // Before: the stored headers, then the proxy's hop-by-hop
+                // removal and the request id.
+                let mut before = serve_entry(
+                    &entry(stored.clone(), HeaderMap::new()),
+                    &HeaderMap::new(),
+                    head,
+                    now,
+                    status_value(HIT_STATUS, 57),
+                    transformed,
+                    "req-1",
+                );
+                crate::proxy::strip_hop_by_hop(before.headers_mut(), false);
+                before
+                    .headers_mut()
+                    .insert(X_REQUEST_ID, HeaderValue::from_static("req-1"));
+                assert_eq!(pairs(fast.headers()), pairs(before.headers()));
+                assert_eq!(fast.status(), before.status());
+                assert_eq!(fast.headers()["cache-status"], "ferrogate; hit; ttl=57");
+                assert_eq!(fast.headers()["age"], "3");
+                assert!(!fast.headers().contains_key("x-secret"));
+            }
+        }
+    }
+
+    #[test]
+    fn only_keep_alive_lets_a_hit_skip_the_preparation() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static(value));
+            connection_names_headers(&headers)
+        };
+        assert!(!connection_names_headers(&HeaderMap::new()));
+        assert!(!with("keep-alive"));
+        assert!(!with("Keep-Alive"));
+        assert!(with("keep-alive, x-tenant"));
+        assert!(with("close"));
+        assert!(with("upgrade"));
+    }
 }

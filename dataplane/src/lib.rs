@@ -295,7 +295,8 @@ impl Dataplane {
         self.shared.table.load().snapshot.clone()
     }
 
-    /// Serves on `listeners` until `shutdown` turns true, then drains.
+    /// Serves on `listeners` until `shutdown` turns true, then drains and
+    /// flushes the trace exporter.
     pub async fn serve(&self, listeners: Listeners, shutdown: watch::Receiver<bool>) {
         let shared = self.shared.clone();
         let mut tasks = tokio::task::JoinSet::new();
@@ -319,6 +320,13 @@ impl Dataplane {
             tasks.spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
+        // Drained: spans still queued for export leave now. The flush
+        // blocks, and the export runs on this runtime, so it waits on a
+        // blocking thread.
+        if shared.telemetry.exporting() {
+            let flushing = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || flushing.telemetry.shutdown()).await;
+        }
     }
 }
 

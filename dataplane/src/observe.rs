@@ -1,15 +1,20 @@
 //! The first and last phases of every request: what is noted when it
 //! arrives ([`Started`]) and what is recorded when its response head is
 //! ready ([`finish`]): the duration histogram (by route, rule, status class
-//! and device), the access log line, and the trace spans.
+//! and device), the access log line (or, for a body that streams, a
+//! counter around the body that writes the line when it ends), and the
+//! trace spans.
 
 use crate::accesslog::{rfc3339, Line};
+use crate::body::{Counted, LocalBody};
 use crate::proxy::{Body, RequestInfo};
 use crate::table::Table;
 use crate::telemetry::{SpanRecord, TraceContext};
 use crate::Shared;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri};
+use http_body_util::Either;
 use hyper::body::Body as _;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -53,14 +58,16 @@ impl Started {
     }
 }
 
-/// Records a finished request (its response head is ready).
+/// Records a finished request (its response head is ready). When the
+/// request is logged and its body's size is not known yet, the body is
+/// wrapped to count it, and the line is written when it ends.
 pub fn finish(
     shared: &Shared,
     table: &Table,
     started: Started,
     info: &RequestInfo,
     request_id: &str,
-    response: &Response<Body>,
+    response: &mut Response<Body>,
 ) {
     let elapsed = started.at.elapsed();
     let status = response.status();
@@ -82,6 +89,14 @@ pub fn finish(
         shared.metrics.count_consumer(consumer, status);
     }
 
+    let logged = shared.access_log.wants(status.as_u16());
+    let traced = info
+        .trace
+        .as_ref()
+        .filter(|t| t.sampled && shared.telemetry.exporting());
+    if !logged && traced.is_none() {
+        return;
+    }
     let host = started.uri.host().map(str::to_owned).or_else(|| {
         started
             .host
@@ -106,7 +121,7 @@ pub fn finish(
             .unwrap_or_default()
     });
 
-    if shared.access_log.wants(status.as_u16()) {
+    if logged {
         let authority = last.and_then(|a| a.cluster.authority(a.endpoint));
         let bytes_out = if response.body().is_end_stream() {
             Some(0)
@@ -156,14 +171,19 @@ pub fn finish(
                 .as_ref()
                 .and_then(|r| r.limited_by.as_deref()),
         };
-        shared.access_log.write(&line);
+        if line.bytes_out.is_some() {
+            shared.access_log.write(&line);
+        } else if let Some(pending) = shared.access_log.pending(&line) {
+            let body = std::mem::replace(
+                response.body_mut(),
+                Either::Right(LocalBody::full(Bytes::new())),
+            );
+            *response.body_mut() =
+                Either::Right(LocalBody::Counted(Box::new(Counted::new(body, pending))));
+        }
     }
 
-    if let Some(trace) = info
-        .trace
-        .as_ref()
-        .filter(|t| t.sampled && shared.telemetry.exporting())
-    {
+    if let Some(trace) = traced {
         let end = started.time + elapsed;
         let mut attributes = vec![
             KeyValue::new("http.request.method", started.method.as_str().to_owned()),

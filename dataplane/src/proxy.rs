@@ -159,7 +159,7 @@ pub async fn handle(
         response.headers_mut().insert("ratelimit", limit.clone());
     }
     table.count_request(info.labels.as_ref(), response.status());
-    crate::observe::finish(&shared, &table, started, &info, &request_id, &response);
+    crate::observe::finish(&shared, &table, started, &info, &request_id, &mut response);
     Ok(response)
 }
 
@@ -266,6 +266,26 @@ async fn serve(
             Ok(unread(req, response))
         }
         Action::Forward(forward) => {
+            let filtered = crate::filters::Filtered {
+                route,
+                runtime,
+                store: &shared.cache,
+                device,
+                host: &host,
+                path: &path,
+                query: query.as_deref(),
+                request_timeout: Duration::from_millis(forward.timeouts.request_ms),
+                request_id,
+            };
+            // A fresh cache hit needs nothing prepared for the upstream.
+            if let Some(mut response) =
+                crate::filters::fresh_hit(&filtered, &req, &mut info.cache).await
+            {
+                if let Some(changes) = &route.response_headers {
+                    apply_header_changes(response.headers_mut(), changes);
+                }
+                return Ok(response);
+            }
             prepare_upstream_headers(&mut req, conn, shared, &host, request_id);
             if let Some(changes) = &route.request_headers {
                 apply_header_changes(req.headers_mut(), changes);
@@ -278,16 +298,6 @@ async fn serve(
                     }
                 }
             }
-            let filtered = crate::filters::Filtered {
-                route,
-                runtime,
-                store: &shared.cache,
-                device,
-                host: &host,
-                path: &path,
-                query: query.as_deref(),
-                request_timeout: Duration::from_millis(forward.timeouts.request_ms),
-            };
             let trace = info.trace.clone();
             let mut attempts = Vec::new();
             let result = crate::filters::forward(filtered, req, &mut info.cache, |req| {
@@ -565,7 +575,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers (and those the `Connection` header names).
 /// For upgrades, `Connection: upgrade` and `Upgrade` are kept. `TE:
 /// trailers` is kept, as gRPC needs it end to end.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

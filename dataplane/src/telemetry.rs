@@ -9,7 +9,10 @@
 //!
 //! Export is on when `--otlp-endpoint` is set: finished spans go to the
 //! OpenTelemetry SDK's batch processor and its OTLP exporter over
-//! HTTP/protobuf (`POST {endpoint}/v1/traces`). Spans are recorded after
+//! HTTP/protobuf (`POST {endpoint}/v1/traces`), every 500 ms
+//! (`OTEL_BSP_SCHEDULE_DELAY`, in milliseconds, changes that) and once
+//! more when the dataplane stops: [`Telemetry::shutdown`] runs after the
+//! connections are drained, so spans of the last requests are not lost. Spans are recorded after
 //! the fact from timestamps the request path takes anyway, so tracing
 //! adds no span objects, locks or allocations to the request path unless
 //! the request is sampled and export is on.
@@ -263,13 +266,15 @@ impl Telemetry {
             .with_http_client(RuntimeClient::new(handle))
             .build()
             .map_err(|e| format!("--otlp-endpoint: {e}"))?;
+        // `BatchConfigBuilder::default` reads the standard `OTEL_BSP_*`
+        // variables; the export delay is 500 ms unless one sets it.
+        let mut batch =
+            opentelemetry_sdk::trace::BatchConfigBuilder::default().with_max_queue_size(8192);
+        if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+            batch = batch.with_scheduled_delay(Duration::from_millis(500));
+        }
         let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                    .with_max_queue_size(8192)
-                    .with_scheduled_delay(Duration::from_millis(500))
-                    .build(),
-            )
+            .with_batch_config(batch.build())
             .build();
         let resource = opentelemetry_sdk::Resource::builder_empty()
             .with_attributes([KeyValue::new("service.name", config.service_name.clone())])
@@ -336,7 +341,9 @@ impl Telemetry {
         }
     }
 
-    /// Flushes and stops the exporter.
+    /// Flushes and stops the exporter. Blocks until the export is done
+    /// (at most the exporter's 10 s timeout): call it off the runtime's
+    /// threads, as the export itself runs on the runtime.
     pub fn shutdown(&self) {
         if let Some((provider, _)) = &self.tracer {
             let _ = provider.shutdown();

@@ -42,6 +42,8 @@ pub struct Reply {
     pub delay: Option<Duration>,
     /// Send the body in chunks without Content-Length.
     pub chunked: bool,
+    /// Trailers sent after a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -53,6 +55,7 @@ impl Reply {
             body: body.into().into_bytes(),
             delay: None,
             chunked: false,
+            trailers: Vec::new(),
         }
     }
 
@@ -77,6 +80,13 @@ impl Reply {
     /// Sends the body chunked.
     pub fn chunked(mut self) -> Reply {
         self.chunked = true;
+        self
+    }
+
+    /// Adds a trailer (the body is then sent chunked).
+    pub fn trailer(mut self, name: &str, value: &str) -> Reply {
+        self.chunked = true;
+        self.trailers.push((name.into(), value.into()));
         self
     }
 
@@ -184,11 +194,21 @@ type ReplyBody = http_body_util::Either<
 
 fn build(reply: Reply) -> Response<ReplyBody> {
     let body = if reply.chunked {
-        let frames: Vec<_> = reply
+        let mut frames: Vec<_> = reply
             .body
             .chunks(1000)
             .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
             .collect();
+        if !reply.trailers.is_empty() {
+            let mut trailers = http::HeaderMap::new();
+            for (name, value) in &reply.trailers {
+                trailers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                    http::HeaderValue::from_str(value).expect("value"),
+                );
+            }
+            frames.push(Ok(Frame::trailers(trailers)));
+        }
         http_body_util::Either::Right(StreamBody::new(futures::stream::iter(frames)))
     } else {
         http_body_util::Either::Left(Full::new(Bytes::from(reply.body)))

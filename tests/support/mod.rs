@@ -42,6 +42,11 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with extra command-line arguments.
     pub fn start_with_args(files: &[(&str, &str)], args: &[&str]) -> Gateway {
+        Gateway::start_with_env(files, args, &[])
+    }
+
+    /// Like [`Gateway::start_with_args`], with extra environment variables.
+    pub fn start_with_env(files: &[(&str, &str)], args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, yaml) in files {
             std::fs::write(dir.path().join(name), yaml).expect("write manifest");
@@ -59,6 +64,7 @@ impl Gateway {
                 "127.0.0.1:0",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -35,7 +35,11 @@
 //!   (unless the rule says so), answers to requests with `Authorization`
 //!   (unless the rule says so), statuses that are not cacheable, responses
 //!   without freshness (no `max-age`, `s-maxage` or `Expires`, and no
-//!   `defaultTtl`). Stale answers are never served.
+//!   `defaultTtl`), responses with trailers (entries keep none): those
+//!   that announce them (`Trailer`, gRPC) are never buffered and stream
+//!   through with their trailers; trailers found after a body read for
+//!   the cache are sent after it, unstored. Stale answers are never
+//!   served.
 
 pub mod policy;
 
@@ -65,6 +69,13 @@ pub struct Entry {
     /// Headers as served (after the transform), without hop-by-hop
     /// headers, `Age` and `Cache-Status`.
     pub headers: HeaderMap,
+    /// The head of a full answer from this entry, built once when it is
+    /// stored so that a hit clones one map and fills three values:
+    /// `headers` as they leave the gateway (hop-by-hop headers removed,
+    /// the device `Vary` added when the key depends on the transform),
+    /// with `Age`, `Cache-Status` and `x-request-id` in place, to be
+    /// overwritten per answer. See `filters::served_headers`.
+    pub served: HeaderMap,
     /// The body as served.
     pub body: Bytes,
     /// When the response was received.
@@ -106,6 +117,7 @@ impl Entry {
         let headers: usize = self
             .headers
             .iter()
+            .chain(self.served.iter())
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         u32::try_from(self.body.len() + headers + key.len() + 256).unwrap_or(u32::MAX)
@@ -210,18 +222,23 @@ impl Store {
     /// The full key of a request: `primary` plus the request's values of
     /// the headers earlier responses for `primary` varied on.
     pub async fn full_key(&self, primary: &Arc<str>, request: &HeaderMap) -> Arc<str> {
-        // Most stores never see a Vary: skip the second lookup then.
-        if !self.varies.load(std::sync::atomic::Ordering::Relaxed) {
-            return primary.clone();
-        }
-        match self.vary.get(primary).await {
+        match self.vary_names(primary).await {
             Some(names) if !names.is_empty() => Arc::from(vary_key(primary, &names, request)),
             _ => primary.clone(),
         }
     }
 
+    /// The header names earlier responses for `primary` varied on.
+    pub async fn vary_names(&self, primary: &str) -> Option<Arc<[HeaderName]>> {
+        // Most stores never see a Vary: skip the second lookup then.
+        if !self.varies.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.vary.get(primary).await
+    }
+
     /// The stored entry under `key`.
-    pub async fn get(&self, key: &Arc<str>) -> Option<Arc<Entry>> {
+    pub async fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.entries.get(key).await
     }
 
@@ -311,6 +328,30 @@ pub fn primary_key(
     key_headers: &[String],
     request: &HeaderMap,
 ) -> Arc<str> {
+    Arc::from(primary_key_text(
+        host,
+        path,
+        query,
+        rule,
+        device,
+        transformed,
+        key_headers,
+        request,
+    ))
+}
+
+/// [`primary_key`] as a plain string (a lookup needs no shared key).
+#[allow(clippy::too_many_arguments)]
+pub fn primary_key_text(
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    rule: (&str, &str),
+    device: Option<crds::DeviceClass>,
+    transformed: Option<bool>,
+    key_headers: &[String],
+    request: &HeaderMap,
+) -> String {
     let mut key = String::with_capacity(host.len() + path.len() + 64);
     key.push_str(host);
     key.push_str(path);
@@ -336,10 +377,12 @@ pub fn primary_key(
     for name in key_headers {
         push_header(&mut key, name, request);
     }
-    Arc::from(key)
+    key
 }
 
-fn vary_key(primary: &str, names: &[HeaderName], request: &HeaderMap) -> String {
+/// The key of the variant of `primary` that `request` selects, for a
+/// response varying on `names`.
+pub fn vary_key(primary: &str, names: &[HeaderName], request: &HeaderMap) -> String {
     let mut key = String::with_capacity(primary.len() + 64);
     key.push_str(primary);
     key.push_str("\nvary");
@@ -370,6 +413,7 @@ mod tests {
         Entry {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
+            served: HeaderMap::new(),
             body: Bytes::from(body.to_owned()),
             stored_at: SystemTime::now(),
             initial_age: Duration::ZERO,

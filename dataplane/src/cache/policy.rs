@@ -168,6 +168,10 @@ pub enum NotStored {
     NoFreshness,
     /// Larger than `maxEntryBytes`.
     TooLarge,
+    /// The response has trailers (announced with `Trailer`, a gRPC
+    /// response, or found at the end of the body): entries keep no
+    /// trailers, so such responses stream through unstored.
+    Trailers,
 }
 
 impl NotStored {
@@ -181,6 +185,7 @@ impl NotStored {
             NotStored::VaryAll => "vary-star",
             NotStored::NoFreshness => "no-freshness",
             NotStored::TooLarge => "too-large",
+            NotStored::Trailers => "trailers",
         }
     }
 }
@@ -212,6 +217,9 @@ pub fn storable(
 ) -> Result<Freshness, NotStored> {
     if !cacheable_status(status) {
         return Err(NotStored::Status);
+    }
+    if announces_trailers(headers) {
+        return Err(NotStored::Trailers);
     }
     let d = directives(headers);
     if d.no_store {
@@ -256,6 +264,20 @@ pub fn storable(
         lifetime,
         must_revalidate: true,
     })
+}
+
+/// Whether a response says trailers follow its body: a `Trailer` header,
+/// or a gRPC content type (gRPC ends every response with trailers).
+/// Buffering such a body would lose them, and hold back a stream.
+pub fn announces_trailers(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRAILER)
+        || headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.get(..16)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+            })
 }
 
 /// The response's `Date`.
@@ -398,6 +420,27 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn responses_with_trailers_are_not_stored() {
+        let fresh = ("cache-control", "max-age=60");
+        assert!(storable(StatusCode::OK, &headers(&[fresh]), &policy()).is_ok());
+        for announced in [
+            ("trailer", "x-checksum"),
+            ("content-type", "application/grpc"),
+            ("content-type", "application/grpc+proto"),
+        ] {
+            assert_eq!(
+                storable(StatusCode::OK, &headers(&[fresh, announced]), &policy()),
+                Err(NotStored::Trailers),
+                "{announced:?}"
+            );
+        }
+        assert!(!announces_trailers(&headers(&[(
+            "content-type",
+            "application/json"
+        )])));
     }
 
     #[test]
