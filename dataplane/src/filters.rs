@@ -86,14 +86,13 @@ struct CacheStep<'a> {
 /// Request headers that the forward phase changes before it calls
 /// [`forward`] (`proxy::prepare_upstream_headers`: hop-by-hop removal,
 /// `X-Forwarded-*`, `x-request-id`, `Host`).
-const PREPARED: [HeaderName; 14] = [
+const PREPARED: [HeaderName; 13] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("x-forwarded-for"),

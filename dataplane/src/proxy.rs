@@ -561,14 +561,15 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+// `Trailer` is not here: it is end to end (RFC 9110, 6.6.2), and an
+// HTTP/1.1 server sends only the trailer fields it announces.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -601,7 +602,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .unwrap_or(false);
     // Look before removing: a removal hashes the name even when it is
     // absent, and most messages carry few of these.
-    let mut present = [false; 8]; // one per HOP_BY_HOP entry
+    let mut present = [false; 7]; // one per HOP_BY_HOP entry
     let mut has_upgrade = false;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
