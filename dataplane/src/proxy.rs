@@ -284,7 +284,7 @@ async fn serve(
                 if let Some(changes) = &route.response_headers {
                     apply_header_changes(response.headers_mut(), changes);
                 }
-                return Ok(response);
+                return Ok(unread(req, response));
             }
             prepare_upstream_headers(&mut req, conn, shared, &host, request_id);
             if let Some(changes) = &route.request_headers {
