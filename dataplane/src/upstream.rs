@@ -1,6 +1,9 @@
 //! Pooled HTTP clients to upstreams.
 //!
-//! One hyper client per (protocol, connect timeout) pair, kept across
+//! Plain-text HTTP/1.1 clusters, the common case, use the per-endpoint
+//! pools of `connpool` (kept here too, so that they survive snapshot
+//! swaps). HTTPS and HTTP/2 clusters use hyper-util's client: one per
+//! (protocol, connect timeout) pair, kept across
 //! snapshot swaps so that pooled keep-alive connections survive
 //! configuration changes. Each client speaks plain HTTP and HTTPS (rustls,
 //! system roots); HTTP/2 clusters use prior knowledge over clear text and
