@@ -284,8 +284,10 @@ fn crds_install_and_serve_the_four_kinds() -> Result<()> {
     );
 
     // Field docs reach `kubectl explain` (kubectl 1.33 asks for OpenAPI v3,
-    // which 1.20 does not serve, and falls back to v2 by itself).
-    let explain = words(&api.kubectl(&["explain", "apiroute.spec.rules"])?);
+    // which 1.20 does not serve, and falls back to v2 by itself). The
+    // apiserver adds a new CRD to its OpenAPI document a moment after the
+    // CRD is Established and served, so the first explain may not find it.
+    let explain = words(&explain_eventually(&api, "apiroute.spec.rules")?);
     for phrase in [
         "Conditions a request must meet; the rule applies when any one match holds.",
         "Where matching requests go. Traffic is split by `weight`.",
@@ -295,9 +297,28 @@ fn crds_install_and_serve_the_four_kinds() -> Result<()> {
             "`{phrase}` not in kubectl explain:\n{explain}"
         );
     }
-    let explain = words(&api.kubectl(&["explain", "ratelimitpolicy.spec.limits.period"])?);
+    let explain = words(&explain_eventually(
+        &api,
+        "ratelimitpolicy.spec.limits.period",
+    )?);
     ensure!(explain.contains("The period, 1s to 24h."), "{explain}");
     Ok(())
+}
+
+/// `kubectl explain FIELD`, tried again for up to 30 s while the apiserver
+/// has not published the CRD's schema yet.
+fn explain_eventually(api: &KubeApiserver, field: &str) -> Result<String> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match api.kubectl(&["explain", field]) {
+            Ok(text) => return Ok(text),
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("kubectl explain {field} not ready yet: {error}");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 #[test]
