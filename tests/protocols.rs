@@ -349,8 +349,7 @@ fn h2load_reports_are_read_whole() {
 /// A request whose body is not forwarded (here: no route, 404) still gets
 /// its answer: over HTTP/2 the gateway reads the rest of the body instead of
 /// resetting the stream (which curl reports as error 92, "stream was not
-/// closed cleanly"), and over HTTP/1.1 the connection stays open for the
-/// next request.
+/// closed cleanly"); over HTTP/1.1 both answers arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unforwarded_request_bodies_do_not_break_the_answer() {
     require_tool("curl");
@@ -410,11 +409,16 @@ async fn unforwarded_request_bodies_do_not_break_the_answer() {
             "HTTP/2 request {i}: the 404 must arrive whole"
         );
     }
+    // (Whether curl then reuses the connection is curl's choice: it closes
+    // one whose answer came before its upload finished.)
     assert_eq!(h1.0, 0, "{}", h1.1);
     assert_eq!(
-        h1.1.lines().collect::<Vec<_>>(),
-        ["404 1", "404 0"],
-        "HTTP/1.1: both answered on one connection"
+        h1.1.lines()
+            .map(|line| line.split(' ').next().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["404", "404"],
+        "HTTP/1.1: {}",
+        h1.1
     );
     assert_eq!(backend.hits(), 0);
 }
