@@ -264,8 +264,11 @@ impl Dataplane {
                     .iter()
                     .map(|c| (c.name.clone(), c.not_after))
                     .collect();
-                shared.table.store(Arc::new(table));
+                // Certificates first: once the table (and so the version
+                // `/config` reports) is visible, new handshakes already get
+                // the new certificates.
                 shared.tls.store(resolver);
+                shared.table.store(Arc::new(table));
                 shared
                     .metrics
                     .snapshot_apply_seconds
