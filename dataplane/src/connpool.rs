@@ -81,13 +81,18 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The pool of one endpoint (`host:port`), created on first use. Pools
-    /// no table uses any more are dropped here, with their connections.
+    /// Drops the pools (and their connections) that no table uses any
+    /// more. Called once per table build.
+    pub fn prune(&self) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints.retain(|_, pool| Arc::strong_count(pool) > 1);
+    }
+
+    /// The pool of one endpoint (`host:port`), created on first use.
     /// Called while building a table, never on the request path.
     pub fn endpoint(&self, authority: &Authority, connect_timeout: Duration) -> Arc<EndpointPool> {
         let timeout_ms = u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        endpoints.retain(|_, pool| Arc::strong_count(pool) > 1);
         endpoints
             .entry((authority.as_str().to_owned(), timeout_ms))
             .or_insert_with(|| {
@@ -395,6 +400,8 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         drop((first, again));
         let _other = pools.endpoint(&b, Duration::from_secs(1));
+        assert_eq!(pools.endpoints.lock().expect("pools").len(), 2);
+        pools.prune();
         assert_eq!(pools.endpoints.lock().expect("pools").len(), 1);
     }
 }

@@ -289,6 +289,8 @@ impl Table {
         metrics: &Metrics,
         auth: &crate::auth::AuthState,
     ) -> Result<Table, BuildError> {
+        // Pools only older tables used go now; `previous` keeps its own.
+        clients.pools.prune();
         let router = Router::build(&snapshot)?;
         let tls = match previous {
             // Keep the resolver (and its TLS session caches) when the
