@@ -72,6 +72,39 @@ pub struct Filtered<'a> {
     pub request_id: &'a str,
 }
 
+impl Filtered<'_> {
+    /// The route's trimmer when it applies to this device, and, when the
+    /// trimming depends on the device class, whether it applied (part of
+    /// the cache key).
+    fn trimming(&self) -> (Option<&Trimmer>, Option<bool>) {
+        let trimmer = self.runtime.trimmer.as_ref();
+        let applies = trimmer.filter(|t| t.applies_to(self.device));
+        let transformed = trimmer
+            .filter(|t| t.device_specific())
+            .map(|_| applies.is_some());
+        (applies, transformed)
+    }
+
+    /// The request's primary cache key (see `cache` for its layout).
+    fn primary_key(
+        &self,
+        policy: &CachePolicy,
+        transformed: Option<bool>,
+        headers: &HeaderMap,
+    ) -> String {
+        cache::primary_key(
+            self.host,
+            self.path,
+            self.query,
+            (&self.runtime.route_label, &self.runtime.rule_label),
+            policy.key_device.then_some(self.device),
+            transformed,
+            &policy.key_headers,
+            headers,
+        )
+    }
+}
+
 /// The cache's part in one request.
 struct CacheStep<'a> {
     policy: &'a CachePolicy,
@@ -84,16 +117,9 @@ struct CacheStep<'a> {
 }
 
 /// Request headers that the forward phase changes before it calls
-/// [`forward`] (`proxy::prepare_upstream_headers`: hop-by-hop removal,
-/// `X-Forwarded-*`, `x-request-id`, `Host`).
-const PREPARED: [HeaderName; 13] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRANSFER_ENCODING,
+/// [`forward`] besides the hop-by-hop ones (`proxy::HOP_BY_HOP`), in
+/// `proxy::prepare_upstream_headers`.
+const PREPARED: [HeaderName; 6] = [
     header::UPGRADE,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -102,6 +128,14 @@ const PREPARED: [HeaderName; 13] = [
     header::HOST,
 ];
 
+/// Whether the forward phase may change the request header `name`.
+fn prepared(name: &str) -> bool {
+    crate::proxy::HOP_BY_HOP
+        .iter()
+        .chain(PREPARED.iter())
+        .any(|p| p.as_str().eq_ignore_ascii_case(name))
+}
+
 /// Answers a request from a fresh stored entry before anything is
 /// prepared for the upstream: the cache-hit fast path.
 ///
@@ -109,7 +143,7 @@ const PREPARED: [HeaderName; 13] = [
 /// because the lookup only reads headers the preparation leaves alone:
 /// it declines (`None`, and [`forward`] decides as before) when the route
 /// changes request headers, when `Connection` names headers to drop, or
-/// when the key or a remembered `Vary` uses a header in [`PREPARED`]. It
+/// when the key or a remembered `Vary` uses a header it changes ([`prepared`]). It
 /// also declines for anything but a fresh hit (misses, revalidation,
 /// coalescing); nothing is counted then.
 pub async fn fresh_hit(
@@ -121,39 +155,16 @@ pub async fn fresh_hit(
     let headers = req.headers();
     if f.route.request_headers.is_some()
         || connection_names_headers(headers)
-        || policy.key_headers.iter().any(|name| {
-            PREPARED
-                .iter()
-                .any(|p| p.as_str().eq_ignore_ascii_case(name))
-        })
+        || policy.key_headers.iter().any(|name| prepared(name))
         || policy::request_mode(req.method(), headers, policy) != RequestMode::Lookup
     {
         return None;
     }
-    let trimmer = f
-        .runtime
-        .trimmer
-        .as_ref()
-        .filter(|t| t.applies_to(f.device));
-    let transformed = f
-        .runtime
-        .trimmer
-        .as_ref()
-        .filter(|t| t.device_specific())
-        .map(|_| trimmer.is_some());
-    let primary = cache::primary_key_text(
-        f.host,
-        f.path,
-        f.query,
-        (&f.runtime.route_label, &f.runtime.rule_label),
-        policy.key_device.then_some(f.device),
-        transformed,
-        &policy.key_headers,
-        headers,
-    );
+    let (_, transformed) = f.trimming();
+    let primary = f.primary_key(policy, transformed, headers);
     let entry = match f.store.vary_names(&primary).await {
         Some(names) if !names.is_empty() => {
-            if names.iter().any(|name| PREPARED.contains(name)) {
+            if names.iter().any(|name| prepared(name.as_str())) {
                 return None;
             }
             f.store
@@ -209,17 +220,7 @@ where
     F: FnOnce(Request<Incoming>) -> Fut,
     Fut: Future<Output = Result<Response<Body>, ProxyError>>,
 {
-    let trimmer = f
-        .runtime
-        .trimmer
-        .as_ref()
-        .filter(|t| t.applies_to(f.device));
-    let transformed = f
-        .runtime
-        .trimmer
-        .as_ref()
-        .filter(|t| t.device_specific())
-        .map(|_| trimmer.is_some());
+    let (trimmer, transformed) = f.trimming();
 
     let mut step = None;
     if let Some(policy) = &f.route.cache {
@@ -241,16 +242,7 @@ where
                 );
             }
             mode => {
-                let primary = cache::primary_key(
-                    f.host,
-                    f.path,
-                    f.query,
-                    (&f.runtime.route_label, &f.runtime.rule_label),
-                    policy.key_device.then_some(f.device),
-                    transformed,
-                    &policy.key_headers,
-                    req.headers(),
-                );
+                let primary: Arc<str> = f.primary_key(policy, transformed, req.headers()).into();
                 let mut collapsed = false;
                 let mut leader = None;
                 let stale: Option<Arc<Entry>>;

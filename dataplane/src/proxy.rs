@@ -563,7 +563,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 // `Trailer` is not here: it is end to end (RFC 9110, 6.6.2), and an
 // HTTP/1.1 server sends only the trailer fields it announces.
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

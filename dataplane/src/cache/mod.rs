@@ -327,30 +327,6 @@ pub fn primary_key(
     transformed: Option<bool>,
     key_headers: &[String],
     request: &HeaderMap,
-) -> Arc<str> {
-    Arc::from(primary_key_text(
-        host,
-        path,
-        query,
-        rule,
-        device,
-        transformed,
-        key_headers,
-        request,
-    ))
-}
-
-/// [`primary_key`] as a plain string (a lookup needs no shared key).
-#[allow(clippy::too_many_arguments)]
-pub fn primary_key_text(
-    host: &str,
-    path: &str,
-    query: Option<&str>,
-    rule: (&str, &str),
-    device: Option<crds::DeviceClass>,
-    transformed: Option<bool>,
-    key_headers: &[String],
-    request: &HeaderMap,
 ) -> String {
     let mut key = String::with_capacity(host.len() + path.len() + 64);
     key.push_str(host);
