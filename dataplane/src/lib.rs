@@ -386,6 +386,31 @@ impl Listeners {
 mod tests {
     use super::Cidr;
 
+    /// A listener's accept queue is the long one asked for (as far as
+    /// `net.core.somaxconn` allows), not the usual 128. `ss` shows it as the
+    /// Send-Q of a listening socket.
+    #[tokio::test]
+    async fn listeners_ask_for_a_long_accept_queue() {
+        let listener = super::listen("127.0.0.1:0".parse().expect("address")).expect("listen");
+        let port = listener.local_addr().expect("bound").port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) is installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let queue: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or_else(|| panic!("no Send-Q in ss output: {text:?}"));
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .expect("somaxconn")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert_eq!(queue, super::LISTEN_BACKLOG.min(somaxconn));
+    }
+
     #[test]
     fn cidrs_contain_their_addresses() {
         let net = Cidr::parse("10.1.0.0/16").expect("cidr");
