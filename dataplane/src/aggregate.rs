@@ -259,7 +259,7 @@ async fn call(
                 .map(HeaderValue::as_bytes),
         );
         // A part's trailers have no place in the merged JSON.
-        let body = match read_limited(response.into_body(), MAX_PART_BYTES).await {
+        let body = match read_limited(response.into_body().into(), MAX_PART_BYTES).await {
             Ok((body, _trailers)) => body,
             Err(ReadError::TooLarge(_)) => return Err(PartError::Invalid),
             Err(ReadError::Failed(_)) => return Err(PartError::Unreachable),

@@ -13,10 +13,11 @@
 //! counted as they stream, and the access log line is written at the end.
 
 use crate::accesslog::PendingLine;
+use crate::h1client::{BodyError, ResponseBody};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::{BodyExt, Either};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -32,7 +33,7 @@ pub enum LocalBody {
         /// Read, not yet sent.
         prefix: Option<Bytes>,
         /// The unread part of the upstream body.
-        rest: Incoming,
+        rest: ResponseBody,
     },
     /// A read body and the trailers that followed it.
     Trailed {
@@ -49,14 +50,14 @@ pub enum LocalBody {
 /// when the body ends, fails, or is dropped (the client went away).
 #[derive(Debug)]
 pub struct Counted {
-    inner: Either<Incoming, LocalBody>,
+    inner: Either<ResponseBody, LocalBody>,
     sent: u64,
     line: Option<PendingLine>,
 }
 
 impl Counted {
     /// Counts `inner` for `line`.
-    pub fn new(inner: Either<Incoming, LocalBody>, line: PendingLine) -> Counted {
+    pub fn new(inner: Either<ResponseBody, LocalBody>, line: PendingLine) -> Counted {
         Counted {
             inner,
             sent: 0,
@@ -86,12 +87,12 @@ impl LocalBody {
 
 impl Body for LocalBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             LocalBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             LocalBody::Prefixed { prefix, rest } => {
@@ -174,13 +175,13 @@ pub enum ReadError {
     /// included, to pass through.
     TooLarge(LocalBody),
     /// The upstream failed while sending the body; what was read is lost.
-    Failed(hyper::Error),
+    Failed(BodyError),
 }
 
 /// Reads `body` whole if it has at most `limit` bytes, with its trailers
 /// if any.
 pub async fn read_limited(
-    mut body: Incoming,
+    mut body: ResponseBody,
     limit: usize,
 ) -> Result<(Bytes, Option<HeaderMap>), ReadError> {
     if body.size_hint().lower() > limit as u64 {

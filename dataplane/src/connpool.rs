@@ -26,7 +26,9 @@
 //!
 //! HTTPS and HTTP/2 clusters keep hyper-util's client (`upstream.rs`).
 
+use crate::h1client::{Connection, ExchangeError, ResponseBody};
 use crate::upstream::UpstreamBody;
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -64,6 +66,9 @@ pub enum SendError {
     /// head awaited.
     #[error("{0}")]
     Request(#[from] hyper::Error),
+    /// The same, on a connection `h1client` drives.
+    #[error("{0}")]
+    Exchange(#[from] ExchangeError),
 }
 
 impl SendError {
@@ -101,6 +106,7 @@ impl Pools {
                     connect_timeout,
                     idle: Mutex::new(Idle {
                         connections: Vec::new(),
+                        raw: Vec::new(),
                         swept: Instant::now(),
                     }),
                 })
@@ -118,7 +124,21 @@ pub struct EndpointPool {
 
 struct Idle {
     connections: Vec<Pooled>,
+    /// Connections whose exchanges `h1client` runs, newest last.
+    raw: Vec<(Connection, Instant)>,
     swept: Instant,
+}
+
+impl Idle {
+    /// Drops connections that closed or were idle too long.
+    fn sweep(&mut self, now: Instant) {
+        self.swept = now;
+        self.connections
+            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        self.raw.retain_mut(|(conn, since)| {
+            now.duration_since(*since) < IDLE_TIMEOUT && conn.is_usable()
+        });
+    }
 }
 
 struct Pooled {
@@ -166,12 +186,61 @@ impl EndpointPool {
         }
     }
 
+    /// Sends a request whose body is already read, on a connection this
+    /// task drives itself (`h1client`): no connection task, no channel.
+    /// The URI is sent in origin form. An idle connection that the
+    /// upstream turns out to have closed is replaced, for requests that
+    /// may be repeated; others get the error.
+    pub async fn send_buffered(
+        self: &Arc<Self>,
+        head: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let repeatable = head.method.is_idempotent();
+        for _ in 0..MAX_STALE_TRIES {
+            let Some(conn) = self.checkout_raw() else {
+                break;
+            };
+            match conn.exchange(head, body, self).await {
+                Err(ExchangeError::Stale) if repeatable => continue,
+                outcome => return outcome.map_err(SendError::from),
+            }
+        }
+        let stream = self.connect_tcp().await?;
+        Connection::new(stream)
+            .exchange(head, body, self)
+            .await
+            .map_err(SendError::from)
+    }
+
     /// Idle connections (including ones still streaming a response).
     pub fn idle_count(&self) -> usize {
         self.idle
             .lock()
-            .map(|idle| idle.connections.len())
+            .map(|idle| idle.connections.len() + idle.raw.len())
             .unwrap_or(0)
+    }
+
+    fn checkout_raw(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((mut conn, _)) = idle.raw.pop() {
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Takes back a connection whose response has ended.
+    pub(crate) fn put_raw(&self, conn: Connection) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(idle.swept) >= SWEEP_EVERY {
+            idle.sweep(now);
+        }
+        if idle.raw.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.raw.push((conn, now));
+        }
     }
 
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
@@ -196,9 +265,7 @@ impl EndpointPool {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if now.duration_since(idle.swept) >= SWEEP_EVERY {
-            idle.swept = now;
-            idle.connections
-                .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+            idle.sweep(now);
         }
         if idle.connections.len() < MAX_IDLE_PER_ENDPOINT {
             idle.connections.push(Pooled { sender, since: now });
@@ -206,6 +273,23 @@ impl EndpointPool {
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let stream = self.connect_tcp().await?;
+        let (sender, connection) = Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| SendError::Connect {
+                authority: self.authority.as_str().to_owned(),
+                reason: error.to_string(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, SendError> {
         let failed = |reason: String| SendError::Connect {
             authority: self.authority.as_str().to_owned(),
             reason,
@@ -230,16 +314,7 @@ impl EndpointPool {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-        let (sender, connection) = Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| failed(error.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 }
 

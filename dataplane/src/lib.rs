@@ -31,6 +31,7 @@ pub mod connpool;
 pub mod device;
 pub mod error;
 pub mod filters;
+pub mod h1client;
 pub mod health;
 pub mod metrics;
 pub mod observe;

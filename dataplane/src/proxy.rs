@@ -21,6 +21,7 @@
 
 use crate::device;
 use crate::error::ProxyError;
+use crate::h1client::ResponseBody;
 use crate::router::RequestView;
 use crate::table::{ClusterRuntime, RouteRuntime, Table};
 use crate::upstream::UpstreamBody;
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 
 /// Body of responses to clients: an upstream's body streamed through
 /// (trailers included), or one built or buffered here (see [`crate::body`]).
-pub type Body = Either<Incoming, crate::body::LocalBody>;
+pub type Body = Either<ResponseBody, crate::body::LocalBody>;
 
 /// Bodies up to this size are buffered so that the request can be retried.
 const MAX_RETRY_BODY: u64 = 64 * 1024;
@@ -712,11 +713,7 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn client_hash(
-    req: &Request<UpstreamBody>,
-    conn: &ConnInfo,
-    key: &snapshot::model::HashKey,
-) -> u64 {
+fn client_hash<B>(req: &Request<B>, conn: &ConnInfo, key: &snapshot::model::HashKey) -> u64 {
     use snapshot::model::HashKey;
     match key {
         HashKey::ClientIp => match conn.peer.ip() {
@@ -815,9 +812,9 @@ async fn forward_request(
             let jitter = rand::random::<u64>() % (backoff / 2 + 1);
             tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
         }
-        let body: UpstreamBody = match (&replayable, streamed.take()) {
-            (Some(bytes), _) => Either::Right(Full::new(bytes.clone())),
-            (None, Some(body)) => Either::Left(body),
+        let body = match (&replayable, streamed.take()) {
+            (Some(bytes), _) => Outgoing::Buffered(bytes.clone()),
+            (None, Some(body)) => Outgoing::Streamed(body),
             (None, None) => break,
         };
         // The last attempt takes the request head; earlier ones send a copy
@@ -851,7 +848,8 @@ async fn forward_request(
         let guard = cluster.begin(endpoint);
         let remaining = request_deadline.saturating_sub(started.elapsed());
         let timeout = attempt_timeout.min(remaining);
-        let outcome = tokio::time::timeout(timeout, send(&cluster, endpoint, upstream_req)).await;
+        let outcome =
+            tokio::time::timeout(timeout, send(&cluster, endpoint, upstream_req, upgrade)).await;
         let elapsed = attempt_started.elapsed();
         cluster.observe_attempt(elapsed.as_secs_f64());
         attempts_made.push(UpstreamAttempt {
@@ -942,27 +940,53 @@ struct SendFailure {
     message: String,
 }
 
-/// One attempt at `endpoint`: the endpoint's own pool for plain-text
-/// HTTP/1.1, the generic client otherwise.
+/// A request body on its way upstream.
+enum Outgoing {
+    /// Read whole (small, or kept for retries).
+    Buffered(Bytes),
+    /// Streamed from the client as it arrives.
+    Streamed(Incoming),
+}
+
+impl From<Outgoing> for UpstreamBody {
+    fn from(body: Outgoing) -> UpstreamBody {
+        match body {
+            Outgoing::Buffered(bytes) => Either::Right(Full::new(bytes)),
+            Outgoing::Streamed(body) => Either::Left(body),
+        }
+    }
+}
+
+/// One attempt at `endpoint`. Plain-text HTTP/1.1 endpoints have their own
+/// pool: a buffered request that asks for no upgrade is exchanged by this
+/// task on the connection (`h1client`), others go through hyper's
+/// connection. HTTPS and HTTP/2 clusters use the generic client.
 async fn send(
     cluster: &ClusterRuntime,
     endpoint: usize,
-    request: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, SendFailure> {
-    match cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) {
-        Some(pool) => pool.send(request).await.map_err(|error| SendFailure {
-            connect: error.is_connect(),
-            message: error.to_string(),
-        }),
-        None => cluster
+    request: Request<Outgoing>,
+    upgrade: bool,
+) -> Result<Response<ResponseBody>, SendFailure> {
+    let failure = |connect: bool, message: String| SendFailure { connect, message };
+    let Some(pool) = cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) else {
+        return match cluster
             .client
-            .request(request)
+            .request(request.map(UpstreamBody::from))
             .await
-            .map_err(|error| SendFailure {
-                connect: error.is_connect(),
-                message: error.to_string(),
-            }),
-    }
+        {
+            Ok(response) => Ok(response.map(ResponseBody::Hyper)),
+            Err(error) => Err(failure(error.is_connect(), error.to_string())),
+        };
+    };
+    let (head, body) = request.into_parts();
+    let outcome = match body {
+        Outgoing::Buffered(bytes) if !upgrade => pool.send_buffered(&head, &bytes).await,
+        body => pool
+            .send(Request::from_parts(head, UpstreamBody::from(body)))
+            .await
+            .map(|response| response.map(ResponseBody::Hyper)),
+    };
+    outcome.map_err(|error| failure(error.is_connect(), error.to_string()))
 }
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
