@@ -38,7 +38,7 @@ use http_body_util::{Either, Full};
 use serde_json::value::RawValue;
 use snapshot::model::{Aggregate, AggregatePart};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Largest answer of one part.
 pub const MAX_PART_BYTES: usize = 4 << 20;
@@ -242,7 +242,6 @@ async fn call(
 
     cluster.count_attempt();
     let started = Instant::now();
-    let started_at = SystemTime::now();
     let guard = cluster.begin(endpoint);
     let timeout = Duration::from_millis(part.timeout_ms.max(1));
     let exchange = async {
@@ -273,7 +272,7 @@ async fn call(
         cluster: cluster.clone(),
         endpoint,
         span_id,
-        start: started_at,
+        start: started,
         duration: elapsed,
         status: None,
         error: None,

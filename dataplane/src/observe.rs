@@ -217,6 +217,7 @@ pub fn finish(
             error: info.error.filter(|_| status.is_server_error()),
         });
         for attempt in &info.attempts {
+            let start = started.time + attempt.start.saturating_duration_since(started.at);
             let mut attributes = vec![KeyValue::new(
                 "ferrogate.cluster",
                 attempt.cluster.name.clone(),
@@ -232,8 +233,8 @@ pub fn finish(
                 kind: SpanKind::Client,
                 span_id: attempt.span_id,
                 parent: Some(trace.span_id),
-                start: attempt.start,
-                end: attempt.start + attempt.duration,
+                start,
+                end: start + attempt.duration,
                 attributes,
                 error: attempt.error,
             });

@@ -104,7 +104,7 @@ pub struct UpstreamAttempt {
     /// The attempt's span (sent upstream in `traceparent`).
     pub span_id: [u8; 8],
     /// When it started.
-    pub start: std::time::SystemTime,
+    pub start: Instant,
     /// How long until the response head (or the failure).
     pub duration: Duration,
     /// The upstream's status.
@@ -230,15 +230,18 @@ async fn serve(
             device,
             request_id,
         };
+        // The phases' futures are boxed: they are large, and a route
+        // without them should not carry their room in every request.
         let identity = match &runtime.auth {
-            Some(auth) => match auth.phase(&ctx, &mut req, &mut query, info).await {
+            Some(auth) => match Box::pin(auth.phase(&ctx, &mut req, &mut query, info)).await {
                 Ok(identity) => identity,
                 Err(refusal) => return Ok(unread(req, refusal.map(full))),
             },
             None => None,
         };
         if let Some(limits) = &runtime.limits {
-            if let Err(refusal) = limits.phase(&ctx, &req, identity.as_ref(), info).await {
+            if let Err(refusal) = Box::pin(limits.phase(&ctx, &req, identity.as_ref(), info)).await
+            {
                 return Ok(unread(req, refusal.map(full)));
             }
         }
@@ -259,8 +262,14 @@ async fn serve(
         }
         Action::DirectResponse(direct) => Ok(unread(req, direct_response(direct, route))),
         Action::Aggregate(aggregate) => {
-            let mut response =
-                crate::aggregate::serve(aggregate, req.headers(), runtime, request_id, info).await;
+            let mut response = Box::pin(crate::aggregate::serve(
+                aggregate,
+                req.headers(),
+                runtime,
+                request_id,
+                info,
+            ))
+            .await;
             if let Some(changes) = &route.response_headers {
                 apply_header_changes(response.headers_mut(), changes);
             }
@@ -279,9 +288,12 @@ async fn serve(
                 request_id,
             };
             // A fresh cache hit needs nothing prepared for the upstream.
-            if let Some(mut response) =
-                crate::filters::fresh_hit(&filtered, &req, &mut info.cache).await
-            {
+            let cached = route.cache.is_some();
+            let hit = match cached {
+                true => Box::pin(crate::filters::fresh_hit(&filtered, &req, &mut info.cache)).await,
+                false => None,
+            };
+            if let Some(mut response) = hit {
                 if let Some(changes) = &route.response_headers {
                     apply_header_changes(response.headers_mut(), changes);
                 }
@@ -301,7 +313,28 @@ async fn serve(
             }
             let trace = info.trace.clone();
             let mut attempts = Vec::new();
-            let result = crate::filters::forward(filtered, req, &mut info.cache, |req| {
+            let result = if cached || runtime.trimmer.is_some() {
+                Box::pin(crate::filters::forward(
+                    filtered,
+                    req,
+                    &mut info.cache,
+                    |req| {
+                        forward_request(
+                            req,
+                            forward,
+                            runtime,
+                            conn,
+                            &upstream_path,
+                            query.as_deref(),
+                            trace.as_ref(),
+                            &mut attempts,
+                        )
+                    },
+                ))
+                .await
+            } else {
+                // Without a cache or a transform the filters have nothing
+                // to do with the response.
                 forward_request(
                     req,
                     forward,
@@ -312,8 +345,8 @@ async fn serve(
                     trace.as_ref(),
                     &mut attempts,
                 )
-            })
-            .await;
+                .await
+            };
             for attempt in attempts {
                 info.record_attempt(attempt);
             }
@@ -842,11 +875,11 @@ async fn forward_request(
         if let Some(trace) = trace {
             trace.inject(upstream_req.headers_mut(), &span_id);
         }
-        let attempt_start = std::time::SystemTime::now();
         let attempt_started = Instant::now();
         cluster.count_attempt();
         let guard = cluster.begin(endpoint);
-        let remaining = request_deadline.saturating_sub(started.elapsed());
+        let remaining =
+            request_deadline.saturating_sub(attempt_started.saturating_duration_since(started));
         let timeout = attempt_timeout.min(remaining);
         let outcome =
             tokio::time::timeout(timeout, send(&cluster, endpoint, upstream_req, upgrade)).await;
@@ -856,7 +889,7 @@ async fn forward_request(
             cluster: cluster.clone(),
             endpoint,
             span_id,
-            start: attempt_start,
+            start: attempt_started,
             duration: elapsed,
             status: match &outcome {
                 Ok(Ok(response)) => Some(response.status().as_u16()),
@@ -968,12 +1001,10 @@ async fn send(
     upgrade: bool,
 ) -> Result<Response<ResponseBody>, SendFailure> {
     let failure = |connect: bool, message: String| SendFailure { connect, message };
+    // hyper's paths are boxed: their futures are several times the size
+    // of the direct exchange's, which every request would carry otherwise.
     let Some(pool) = cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) else {
-        return match cluster
-            .client
-            .request(request.map(UpstreamBody::from))
-            .await
-        {
+        return match Box::pin(cluster.client.request(request.map(UpstreamBody::from))).await {
             Ok(response) => Ok(response.map(ResponseBody::Hyper)),
             Err(error) => Err(failure(error.is_connect(), error.to_string())),
         };
@@ -981,8 +1012,7 @@ async fn send(
     let (head, body) = request.into_parts();
     let outcome = match body {
         Outgoing::Buffered(bytes) if !upgrade => pool.send_buffered(&head, &bytes).await,
-        body => pool
-            .send(Request::from_parts(head, UpstreamBody::from(body)))
+        body => Box::pin(pool.send(Request::from_parts(head, UpstreamBody::from(body))))
             .await
             .map(|response| response.map(ResponseBody::Hyper)),
     };
