@@ -5,24 +5,29 @@
 //! generic pooled client costs more than we need there: per request it
 //! clones the connector, looks the pool up by a hashed scheme+authority
 //! key, and spawns a task to hand the connection back once the response
-//! has been read. This pool does less:
+//! has been read. This pool does less. Each endpoint keeps two idle lists:
 //!
 //! ```text
 //!  table build ──▶ Pools::endpoint(authority) ──▶ Arc<EndpointPool>, one per endpoint,
 //!                                                   kept across snapshot swaps
-//!  request ──▶ checkout: newest idle connection that is ready
-//!              (closed ones are dropped, busy ones skipped)
-//!          └─▶ none: connect (timeout), handshake, spawn the connection task
-//!      ──▶ send; head received ──▶ connection back in the idle list at once
+//!  buffered request ──▶ send_buffered: newest idle Connection with nothing
+//!      (no upgrade)       unread on it, or connect ──▶ h1client exchange on
+//!                         this task ──▶ back in the list when the body ends
+//!  other request ──▶ send: newest idle hyper connection that is ready, or
+//!                    connect + handshake + spawned connection task
+//!                    ──▶ back in the list as soon as the head arrives
 //! ```
 //!
-//! A connection goes back to the list as soon as the response head arrives,
+//! Requests whose body was read before sending (small bodies, and every
+//! request without one) take the first path; streamed bodies and protocol
+//! upgrades take hyper's connection, which handles them. A hyper
+//! connection goes back to its list as soon as the response head arrives,
 //! while its body may still be streaming: hyper reports it ready only once
-//! the body has been read to the end, and checkout skips it until then. A
-//! response body that is dropped unread closes the connection; closed
-//! connections are removed on the next checkout. A request that the
-//! connection could not even send (it closed while idle) is tried on
-//! another connection, as the generic client does.
+//! the body has been read to the end, and checkout skips it until then. On
+//! both paths a response body that is dropped unread closes the connection,
+//! and a request that met a connection the upstream had closed while idle
+//! is sent again on another one (for the direct path: only requests that
+//! may be repeated, as the upstream might have seen it).
 //!
 //! HTTPS and HTTP/2 clusters keep hyper-util's client (`upstream.rs`).
 

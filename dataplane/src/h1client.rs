@@ -362,7 +362,8 @@ pub fn parse_head(
         spans.push((name, start, start + field.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // The proxy adds a field or two (x-request-id, rate-limit fields).
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| ProtocolError::Head(format!("invalid value of header {name}")))?;

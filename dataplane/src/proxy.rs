@@ -682,6 +682,8 @@ fn prepare_upstream_headers(
     let upgrade = is_upgrade(req);
     let trusted = shared.config.trusts(conn.peer.ip());
     let headers = req.headers_mut();
+    // Room for the fields added below and by tracing, in one growth.
+    headers.reserve(6);
     strip_hop_by_hop(headers, upgrade);
     let client_ip = conn.peer.ip();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
