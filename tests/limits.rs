@@ -347,6 +347,19 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         &route_yaml("slow", HOST, "/api", &format!("http://{}", slow.addr)),
     )]);
     let addr = gw.http;
+    // An idle keep-alive connection (one request answered, the socket kept
+    // open) must not hold the exit back until the drain timeout (15 s).
+    let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    std::io::Write::write_all(
+        &mut idle,
+        format!("GET /nothing-here HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+    )
+    .expect("send");
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut idle, &mut head).expect("answer on the idle connection");
+    assert_eq!(&head, b"HTTP/1.1 404", "{}", String::from_utf8_lossy(&head));
     let in_flight = tokio::spawn(async move { Client::new(addr).get(HOST, "/api").await });
     support::eventually(
         Duration::from_secs(5),
@@ -376,4 +389,5 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         std::net::TcpStream::connect(addr).is_err(),
         "the listener still accepts after the process exited"
     );
+    drop(idle);
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{upstream, Behavior, Client, Gateway};
+use support::{curl, upstream, Behavior, Client, Gateway};
 
 fn route(name: &str, host: &str, rules: &str) -> String {
     format!(
@@ -238,6 +238,28 @@ async fn filters_and_forwarded_headers() {
     let id = answer.headers["x-request-id"].clone();
     assert_eq!(id.len(), 32);
     assert_eq!(answer.json()["headers"]["x-request-id"], id.as_str());
+
+    // `Expect: 100-continue` is answered by the gateway (curl waits for the
+    // 100 before it sends the body) and not passed on: the body reaches the
+    // upstream whole, without the expectation.
+    let body = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(body.path(), "b".repeat(200_000)).expect("write body");
+    let (code, out) = curl(&[
+        "-H",
+        "Host: f.test",
+        "-H",
+        "Expect: 100-continue",
+        "--expect100-timeout",
+        "5",
+        "--data-binary",
+        &format!("@{}", body.path().display()),
+        &format!("http://{}/upload", gateway.http),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let seen: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(seen["method"], "POST", "{out}");
+    assert_eq!(seen["body_len"], 200_000, "{out}");
+    assert!(seen["headers"].get("expect").is_none(), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,6 +155,11 @@ impl AccessLog {
         }
     }
 
+    /// Whether the access log is on at all.
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
     /// Whether a request with this status would be logged (decides the
     /// sampling; call once per request).
     pub fn wants(&self, status: u16) -> bool {

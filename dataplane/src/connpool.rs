@@ -98,6 +98,37 @@ impl Pools {
         endpoints.retain(|_, pool| Arc::strong_count(pool) > 1);
     }
 
+    /// Sweeps every endpoint's idle lists: connections the upstream closed
+    /// (they would sit in CLOSE_WAIT until the endpoint's next request) or
+    /// left unused for [`IDLE_TIMEOUT`] are closed. Runs every
+    /// [`SWEEP_EVERY`] while the dataplane serves ([`Pools::reap`]).
+    pub fn sweep_idle(&self) {
+        let pools: Vec<Arc<EndpointPool>> = {
+            let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            endpoints.values().cloned().collect()
+        };
+        let now = Instant::now();
+        for pool in pools {
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sweep(now);
+        }
+    }
+
+    /// Sweeps the idle lists every [`SWEEP_EVERY`] until `stop` resolves.
+    pub async fn reap(&self, stop: impl std::future::Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.sweep_idle(),
+                _ = stop.as_mut() => return,
+            }
+        }
+    }
+
     /// The pool of one endpoint (`host:port`), created on first use.
     /// Called while building a table, never on the request path.
     pub fn endpoint(&self, authority: &Authority, connect_timeout: Duration) -> Arc<EndpointPool> {
@@ -453,6 +484,34 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         assert!(pool.idle_count() <= 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_upstream_closed_are_swept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let authority: Authority = listener
+            .local_addr()
+            .expect("addr")
+            .to_string()
+            .parse()
+            .expect("authority");
+        let pools = Pools::default();
+        let pool = pools.endpoint(&authority, Duration::from_secs(1));
+        let (ours, theirs) = tokio::join!(pool.connect_tcp(), listener.accept());
+        let ours = ours.expect("connect");
+        let (theirs, _) = theirs.expect("accept");
+        pool.put_raw(Connection::new(ours));
+        pools.sweep_idle();
+        assert_eq!(pool.idle_count(), 1, "an open idle connection stays");
+        // The upstream closes it while idle: the next sweep, not the next
+        // request, closes our side.
+        drop(theirs);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.idle_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pools.sweep_idle();
+        }
+        assert_eq!(pool.idle_count(), 0, "the closed connection was swept");
     }
 
     #[tokio::test]

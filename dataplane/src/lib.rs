@@ -323,7 +323,19 @@ impl Dataplane {
         if let Some(listener) = listeners.admin {
             tasks.spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
         }
+        let reaping = shared.clone();
+        let mut stop = shutdown.clone();
+        let reaper = tokio::spawn(async move {
+            // Ends with the drain below (abort) or when shutdown starts.
+            let stopped = async move {
+                if stop.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            reaping.clients.pools.reap(stopped).await;
+        });
         while tasks.join_next().await.is_some() {}
+        reaper.abort();
         // Drained: spans still queued for export leave now. The flush
         // blocks, and the export runs on this runtime, so it waits on a
         // blocking thread.

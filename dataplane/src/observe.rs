@@ -23,6 +23,12 @@ use std::time::{Duration, Instant, SystemTime};
 /// What is known when a request arrives.
 pub struct Started {
     at: Instant,
+    /// What the access log line and the trace spans need; only noted when
+    /// either is on.
+    noted: Option<Box<Noted>>,
+}
+
+struct Noted {
     time: SystemTime,
     method: Method,
     uri: Uri,
@@ -41,19 +47,24 @@ impl Started {
             req.headers(),
             shared.telemetry.sample_ratio(),
         ));
-        let body = req.body();
-        let bytes_in = if body.is_end_stream() {
-            Some(0)
-        } else {
-            body.size_hint().exact()
-        };
+        let noted = (shared.access_log.enabled() || shared.telemetry.exporting()).then(|| {
+            let body = req.body();
+            let bytes_in = if body.is_end_stream() {
+                Some(0)
+            } else {
+                body.size_hint().exact()
+            };
+            Box::new(Noted {
+                time: SystemTime::now(),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                host: req.headers().get(header::HOST).cloned(),
+                bytes_in,
+            })
+        });
         Started {
             at: Instant::now(),
-            time: SystemTime::now(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            host: req.headers().get(header::HOST).cloned(),
-            bytes_in,
+            noted,
         }
     }
 }
@@ -69,13 +80,11 @@ pub fn finish(
     request_id: &str,
     response: &mut Response<Body>,
 ) {
-    let elapsed = started.at.elapsed();
+    let at = started.at;
+    let elapsed = at.elapsed();
     let status = response.status();
     let device = info.device.unwrap_or(crds::DeviceClass::Desktop);
-    let runtime = info
-        .route_index
-        .map(|index| table.route_runtime(index))
-        .filter(|_| info.labels.is_some());
+    let runtime = info.route_index.map(|index| table.route_runtime(index));
     match runtime {
         Some(runtime) => runtime
             .metrics
@@ -97,6 +106,9 @@ pub fn finish(
     if !logged && traced.is_none() {
         return;
     }
+    let Some(started) = started.noted else {
+        return;
+    };
     let host = started.uri.host().map(str::to_owned).or_else(|| {
         started
             .host
@@ -108,8 +120,8 @@ pub fn finish(
                     .to_ascii_lowercase()
             })
     });
-    let (route, rule) = match &info.labels {
-        Some((route, rule)) => (Some(&**route), Some(&**rule)),
+    let (route, rule) = match runtime {
+        Some(runtime) => (Some(&*runtime.route_label), Some(&*runtime.rule_label)),
         None => (None, None),
     };
     let last = info.attempts.last();
@@ -217,7 +229,7 @@ pub fn finish(
             error: info.error.filter(|_| status.is_server_error()),
         });
         for attempt in &info.attempts {
-            let start = started.time + attempt.start.saturating_duration_since(started.at);
+            let start = started.time + attempt.start.saturating_duration_since(at);
             let mut attributes = vec![KeyValue::new(
                 "ferrogate.cluster",
                 attempt.cluster.name.clone(),

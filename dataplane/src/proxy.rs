@@ -64,8 +64,6 @@ pub struct ConnInfo {
 /// the access log. Each phase fills in its part.
 #[derive(Debug, Default)]
 pub struct RequestInfo {
-    /// Route (`namespace/name`) and rule of the matched route.
-    pub labels: Option<(Arc<str>, Arc<str>)>,
     /// The client's device class.
     pub device: Option<crds::DeviceClass>,
     /// The authenticated consumer (AuthPolicy), if any.
@@ -159,7 +157,7 @@ pub async fn handle(
             .insert("ratelimit-policy", policy.clone());
         response.headers_mut().insert("ratelimit", limit.clone());
     }
-    table.count_request(info.labels.as_ref(), response.status());
+    table.count_request(info.route_index, response.status());
     crate::observe::finish(&shared, &table, started, &info, &request_id, &mut response);
     Ok(response)
 }
@@ -210,7 +208,6 @@ async fn serve(
     let route: &Route = found.entry.route();
     let prefix_len = found.prefix_len;
     let runtime = table.route_runtime(found.entry.global_index());
-    info.labels = Some((runtime.route_label.clone(), runtime.rule_label.clone()));
     info.device = Some(device);
     info.route_index = Some(found.entry.global_index());
 
@@ -707,6 +704,10 @@ fn prepare_upstream_headers(
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, value);
     }
+    // The gateway answers `Expect: 100-continue` itself (hyper sends the
+    // 100 when the body is first read) and sends the body right after the
+    // head, so the expectation is not passed on.
+    headers.remove(header::EXPECT);
     if !headers.contains_key(header::HOST) {
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, value);

@@ -12,8 +12,11 @@ use crate::proxy::{self, ConnInfo};
 use crate::Shared;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -104,18 +107,18 @@ impl Builders {
         // then close (HTTP/2 sends GOAWAY).
         let result = if h2 {
             let mut conn = std::pin::pin!(self.http2.serve_connection(io, service));
-            tokio::select! {
-                result = conn.as_mut() => result,
-                _ = stopped(&mut shutdown) => {
+            match until_stopped(conn.as_mut(), &mut shutdown).await {
+                Some(result) => result,
+                None => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
             }
         } else {
             let mut conn = std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
-            tokio::select! {
-                result = conn.as_mut() => result,
-                _ = stopped(&mut shutdown) => {
+            match until_stopped(conn.as_mut(), &mut shutdown).await {
+                Some(result) => result,
+                None => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -133,6 +136,36 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Drives `conn` to its end (`Some`), or until shutdown starts (`None`).
+///
+/// The connection's task wakes at least twice per request; polling the
+/// shutdown watch each time (a lock in its notifier) is wasted work. Once
+/// the watch holds this task's waker it is only polled again when a probe
+/// (an atomic load) sees a new value, or when the waker changed.
+async fn until_stopped<C: Future>(
+    mut conn: Pin<&mut C>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<C::Output> {
+    let probe = shutdown.clone();
+    let mut stop = std::pin::pin!(stopped(shutdown));
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(|cx| {
+        let stale = registered
+            .as_ref()
+            .is_none_or(|waker| !waker.will_wake(cx.waker()));
+        if stale || probe.has_changed().unwrap_or(false) {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if stale {
+                registered = Some(cx.waker().clone());
+            }
+        }
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Waits (up to `timeout`) until the connection's first bytes tell whether

@@ -226,6 +226,8 @@ pub struct RouteRuntime {
     pub metrics: RouteMetrics,
     /// The compiled JSON response transform.
     pub trimmer: Option<crate::transform::Trimmer>,
+    /// `ferrogate_requests_total` of this route and rule, by status class.
+    requests: [Counter; 5],
 }
 
 impl RouteRuntime {
@@ -255,7 +257,6 @@ pub struct Table {
     pub tls: Arc<SniResolver>,
     routes: Vec<RouteRuntime>,
     clusters: HashMap<String, Arc<ClusterRuntime>>,
-    request_counters: HashMap<(Arc<str>, Arc<str>, u8), Counter>,
     unmatched_counters: [Counter; 5],
     /// Duration histograms of requests no route matched.
     pub unmatched: UnmatchedMetrics,
@@ -312,25 +313,23 @@ impl Table {
             .map_err(|(policy, reason)| BuildError::Policy { policy, reason })?;
         let limit_policies = crate::ratelimit::build(&snapshot, metrics);
         let mut routes = Vec::new();
-        let mut request_counters = HashMap::new();
         for vhost in &snapshot.virtual_hosts {
             for route in &vhost.routes {
                 let route_label: Arc<str> =
                     Arc::from(format!("{}/{}", route.id.namespace, route.id.name));
                 let rule_label: Arc<str> = Arc::from(route.id.rule.as_str());
-                for class in 1..=5u8 {
-                    let key = (route_label.clone(), rule_label.clone(), class);
-                    request_counters.entry(key).or_insert_with(|| {
-                        metrics
-                            .requests
-                            .get_or_create(&RouteLabels {
-                                route: route_label.to_string(),
-                                rule: rule_label.to_string(),
-                                status_class: class_label(class),
-                            })
-                            .clone()
-                    });
-                }
+                // Routes with the same labels (one route on several hosts)
+                // share the counters: the family hands out the same one.
+                let requests = [1u8, 2, 3, 4, 5].map(|class| {
+                    metrics
+                        .requests
+                        .get_or_create(&RouteLabels {
+                            route: route_label.to_string(),
+                            rule: rule_label.to_string(),
+                            status_class: class_label(class),
+                        })
+                        .clone()
+                });
                 let (backends, split) = match &route.action {
                     Action::Forward(forward) => {
                         let backends: Vec<Option<Arc<ClusterRuntime>>> = forward
@@ -398,6 +397,7 @@ impl Table {
                     limits: route_limits,
                     metrics: route_metrics,
                     trimmer: route.transform.as_ref().map(crate::transform::Trimmer::new),
+                    requests,
                 });
             }
         }
@@ -417,7 +417,6 @@ impl Table {
             tls,
             routes,
             clusters,
-            request_counters,
             unmatched_counters,
             unmatched: UnmatchedMetrics::new(metrics),
         })
@@ -437,20 +436,12 @@ impl Table {
     }
 
     /// Counts a finished request.
-    pub fn count_request(&self, labels: Option<&(Arc<str>, Arc<str>)>, status: StatusCode) {
-        let class = status_class(status);
-        let counter = labels.and_then(|(route, rule)| {
-            self.request_counters
-                .get(&(route.clone(), rule.clone(), class))
-        });
-        match counter {
-            Some(counter) => {
-                counter.inc();
-            }
-            None => {
-                self.unmatched_counters[usize::from(class - 1)].inc();
-            }
-        }
+    pub fn count_request(&self, route: Option<usize>, status: StatusCode) {
+        let class = usize::from(status_class(status) - 1);
+        match route.and_then(|index| self.routes.get(index)) {
+            Some(route) => route.requests[class].inc(),
+            None => self.unmatched_counters[class].inc(),
+        };
     }
 
     /// Number of clusters.
