@@ -13,6 +13,11 @@ are taken between medians of the same invocation.
                            [--body 0] [--binary target/release/ferrogate]
                            [--quick] [--json FILE]
 
+`nginx-gw` is the same nginx also doing what Ferrogate does to every
+forwarded request by default: X-Forwarded-For/-Proto/-Host and an
+X-Request-ID (the client's, or a new random one) sent upstream and
+returned. It is printed for comparison; the target is against plain nginx.
+
 Unless --quick, it also measures:
 - throughput with 10 vs 10,000 routes (the request goes to the last
   route's host), interleaved, and the RSS of the 10,000-route process;
@@ -133,14 +138,34 @@ def nginx_return(body):
     return sets + " return 200 '" + "".join(f"$p{i}" for i in range(len(pieces))) + "';"
 
 
-def nginx_conf(path, listen, body, upstream_port=None):
+# What Ferrogate adds to every forwarded request by default, in nginx's
+# terms: X-Forwarded-For/-Proto/-Host (client values not trusted), the
+# client's X-Request-ID or a new random one, sent upstream and returned to
+# the client. (Not included: the W3C traceparent, which stock nginx cannot
+# make, and per-route metrics.)
+GATEWAY_HEADERS = (
+    "proxy_set_header X-Forwarded-For $remote_addr; "
+    "proxy_set_header X-Forwarded-Proto $scheme; "
+    "proxy_set_header X-Forwarded-Host $host; "
+    "proxy_set_header X-Request-ID $fg_request_id; "
+    "add_header X-Request-ID $fg_request_id always;"
+)
+GATEWAY_MAP = ("map $http_x_request_id $fg_request_id { default $http_x_request_id; "
+               "\"\" $request_id; }")
+
+
+def nginx_conf(path, listen, body, upstream_port=None, gateway_headers=False):
     if upstream_port is None:
         server = f"location / {{ {nginx_return(body)} }}"
         upstream = ""
     else:
         upstream = f"upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
+        extra_headers = GATEWAY_HEADERS if gateway_headers else ""
         server = ("location / { proxy_pass http://up; proxy_http_version 1.1; "
-                  "proxy_set_header Connection \"\"; proxy_set_header Host $host; }")
+                  "proxy_set_header Connection \"\"; proxy_set_header Host $host; "
+                  f"{extra_headers} }}")
+        if gateway_headers:
+            upstream += " " + GATEWAY_MAP
     with open(path, "w") as f:
         f.write(f"""
 worker_processes 1;
@@ -236,22 +261,28 @@ def main():
     report = {"args": vars(args), "load_before": loadavg()}
     tmp = tempfile.mkdtemp(prefix="fg-bench-nginx-")
     body = "x" * args.body
-    up_port, px_port = free_port(), free_port()
+    up_port, px_port, gw_port = free_port(), free_port(), free_port()
     nginx_conf(f"{tmp}/up.conf", up_port, body)
     nginx_conf(f"{tmp}/px.conf", px_port, body, upstream_port=up_port)
+    nginx_conf(f"{tmp}/gw.conf", gw_port, body, upstream_port=up_port, gateway_headers=True)
     upstream = start(["nginx", "-c", f"{tmp}/up.conf", "-p", tmp])
     nginx_px = start(["nginx", "-c", f"{tmp}/px.conf", "-p", tmp])
+    nginx_gw = start(["nginx", "-c", f"{tmp}/gw.conf", "-p", tmp])
     wait_port(up_port)
     wait_port(px_port)
+    wait_port(gw_port)
     fg = Ferrogate(args.binary, args.routes, up_port)
     wait_port(fg.http)
     upstream_worker = int(subprocess.run(["pgrep", "-P", str(upstream.pid)],
                                          capture_output=True, text=True).stdout.split()[0])
     nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx_px.pid)],
                                       capture_output=True, text=True).stdout.split()[0])
+    gw_worker = int(subprocess.run(["pgrep", "-P", str(nginx_gw.pid)],
+                                   capture_output=True, text=True).stdout.split()[0])
     targets = [
         ("direct", f"http://127.0.0.1:{up_port}/", upstream_worker),
         ("nginx", f"http://127.0.0.1:{px_port}/", nginx_worker),
+        ("nginx-gw", f"http://127.0.0.1:{gw_port}/", gw_worker),
         ("ferrogate", f"http://127.0.0.1:{fg.http}/", fg.pid),
     ]
     results = {name: [] for name, _, _ in targets}
@@ -295,13 +326,21 @@ def main():
                   f"(nginx/direct {ratios['nginx_rps_vs_direct']:.2f})")
             print(f"ratio p99   ferrogate/nginx   = {ratios['p99_vs_nginx']:.2f}")
             print(f"ratio CPU/req ferrogate/nginx = {ratios['cpu_per_req_vs_nginx']:.2f}")
+            if results["nginx-gw"]:
+                gw_rps = median(results["ferrogate"], "rps") / median(results["nginx-gw"], "rps")
+                gw_cpu = (median(results["ferrogate"], "cpu_us_per_req")
+                          / median(results["nginx-gw"], "cpu_us_per_req"))
+                ratios["rps_vs_nginx_gw"] = gw_rps
+                ratios["cpu_per_req_vs_nginx_gw"] = gw_cpu
+                print(f"ratio req/s ferrogate/nginx-gw = {gw_rps:.2f}, CPU/req {gw_cpu:.2f} "
+                      "(nginx-gw: nginx also setting X-Forwarded-* and X-Request-ID)")
             ok = rps >= 1.0 and p99 <= 1.0
             print(f"target >= 1.0x nginx req/s at p99 <= nginx's: {'met' if ok else 'NOT met'}")
         if not args.quick:
             extra(args, up_port, tmp, fg, report)
     finally:
         fg.stop()
-        for p in (upstream, nginx_px):
+        for p in (upstream, nginx_px, nginx_gw):
             p.send_signal(signal.SIGQUIT)
             p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
