@@ -17,7 +17,9 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu_ticks(pid):
+def user_system_ticks(pid):
+    """(utime, stime) of a process, in clock ticks; bench/proxy.py's
+    cpu_ticks gives only their sum."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
@@ -39,12 +41,12 @@ def main():
                                     stdout=subprocess.PIPE, text=True)
             try:
                 port = int(proc.stdout.readline())
-                before = cpu_ticks(proc.pid)
+                before = user_system_ticks(proc.pid)
                 out = subprocess.run(
                     ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{args.duration}s",
                      f"http://127.0.0.1:{port}/"],
                     capture_output=True, text=True, check=True).stdout
-                after = cpu_ticks(proc.pid)
+                after = user_system_ticks(proc.pid)
             finally:
                 proc.kill()
                 proc.wait()

@@ -49,7 +49,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// A connection unused for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often the idle list is swept for expired connections.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// TCP keepalive on upstream connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Sends tried on connections that turned out closed before a new
@@ -116,16 +116,14 @@ impl Pools {
         }
     }
 
-    /// Sweeps the idle lists every [`SWEEP_EVERY`] until `stop` resolves.
-    pub async fn reap(&self, stop: impl std::future::Future<Output = ()>) {
-        let mut stop = std::pin::pin!(stop);
-        let mut every = tokio::time::interval(SWEEP_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Sweeps the idle lists every `every` ([`SWEEP_EVERY`] in the
+    /// dataplane), until the task running it is aborted.
+    pub async fn reap(&self, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = every.tick() => self.sweep_idle(),
-                _ = stop.as_mut() => return,
-            }
+            ticks.tick().await;
+            self.sweep_idle();
         }
     }
 
@@ -503,14 +501,17 @@ mod tests {
         pool.put_raw(Connection::new(ours));
         pools.sweep_idle();
         assert_eq!(pool.idle_count(), 1, "an open idle connection stays");
-        // The upstream closes it while idle: the next sweep, not the next
-        // request, closes our side.
+        // The upstream closes it while idle: the reaper's next sweep, not
+        // the next request, closes our side.
+        let pools = Arc::new(pools);
+        let reaping = pools.clone();
+        let reaper = tokio::spawn(async move { reaping.reap(Duration::from_millis(10)).await });
         drop(theirs);
         let deadline = Instant::now() + Duration::from_secs(5);
         while pool.idle_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            pools.sweep_idle();
         }
+        reaper.abort();
         assert_eq!(pool.idle_count(), 0, "the closed connection was swept");
     }
 

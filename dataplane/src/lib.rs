@@ -323,16 +323,10 @@ impl Dataplane {
         if let Some(listener) = listeners.admin {
             tasks.spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
         }
+        // Closes idle upstream connections until the drain below is over.
         let reaping = shared.clone();
-        let mut stop = shutdown.clone();
         let reaper = tokio::spawn(async move {
-            // Ends with the drain below (abort) or when shutdown starts.
-            let stopped = async move {
-                if stop.wait_for(|stop| *stop).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            reaping.clients.pools.reap(stopped).await;
+            reaping.clients.pools.reap(connpool::SWEEP_EVERY).await;
         });
         while tasks.join_next().await.is_some() {}
         reaper.abort();
