@@ -309,7 +309,8 @@ async fn serve(
                 }
             }
             let trace = info.trace.clone();
-            let mut attempts = Vec::new();
+            // Attempts go straight into `info` (at most 11: below its cap).
+            let attempts = &mut info.attempts;
             let result = if cached || runtime.trimmer.is_some() {
                 Box::pin(crate::filters::forward(
                     filtered,
@@ -324,7 +325,7 @@ async fn serve(
                             &upstream_path,
                             query.as_deref(),
                             trace.as_ref(),
-                            &mut attempts,
+                            attempts,
                         )
                     },
                 ))
@@ -340,13 +341,10 @@ async fn serve(
                     &upstream_path,
                     query.as_deref(),
                     trace.as_ref(),
-                    &mut attempts,
+                    attempts,
                 )
                 .await
             };
-            for attempt in attempts {
-                info.record_attempt(attempt);
-            }
             let mut response = result?;
             let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), upgraded);
