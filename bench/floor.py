@@ -13,9 +13,10 @@ the upstream nginx on CPU1), interleaved and repeated:
   either after reading the request (before the upstream write) or after
   reading the upstream's answer (before the client write).
 
-For each it prints req/s and the ratio to nginx, the proxy's user and
-system CPU microseconds per request and its involuntary context switches
-per request (on this placement, how often the upstream preempts it).
+For each it prints req/s and the ratio to nginx, wrk's p50 and p99
+latency, the proxy's user and system CPU microseconds per request and its
+involuntary context switches per request (on this placement, how often
+the upstream preempts it).
 
     python3 bench/floor.py [--runs 3] [--duration 8] [--spin 3000]
                            [--binary target/release/ferrogate]
@@ -30,7 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy import ROOT, Ferrogate, free_port, nginx_conf, start, wait_port  # noqa: E402
+from proxy import ROOT, Ferrogate, free_port, nginx_conf, parse_wrk, start, wait_port  # noqa: E402
 
 
 def counters(pid):
@@ -49,17 +50,19 @@ def counters(pid):
 def measure(port, pid, duration):
     before = counters(pid)
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{duration}s",
+        ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
          "-H", "Host: bench.local", f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True).stdout
     after = counters(pid)
-    found = re.search(r"(\d+) requests in", out)
-    if not found or "Non-2xx" in out or "Socket errors" in out:
+    if not re.search(r"(\d+) requests in", out) or "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"wrk run against port {port} failed or saw errors:\n{out}")
-    n = int(found.group(1))
+    wrk = parse_wrk(out)
+    n = wrk["requests"]
     hz = os.sysconf("SC_CLK_TCK")
     return {
         "rps": n / duration,
+        "p50": wrk["p50_ms"],
+        "p99": wrk["p99_ms"],
         "user": (after[0] - before[0]) / hz * 1e6 / n,
         "system": (after[1] - before[1]) / hz * 1e6 / n,
         "preempted": (after[2] - before[2]) / n,
@@ -136,13 +139,14 @@ def main():
            for name, runs in results.items()}
     print(f"# floor: {args.runs} x {args.duration}s, wrk -t1 -c50 (CPU0), "
           f"proxy and upstream on CPU1; medians")
-    print(f"{'proxy':28} {'req/s':>8} {'x nginx':>8} {'user':>6} {'system':>7} "
-          f"{'total':>6} {'preempted/req':>14}")
+    print(f"{'proxy':28} {'req/s':>8} {'x nginx':>8} {'p50 ms':>7} {'p99 ms':>7} {'user':>6} "
+          f"{'system':>7} {'total':>6} {'preempted/req':>14}")
     nginx_rps = med["nginx"]["rps"]
     for name in names:
         m = med[name]
-        print(f"{name:28} {m['rps']:8.0f} {m['rps'] / nginx_rps:8.2f} {m['user']:6.2f} "
-              f"{m['system']:7.2f} {m['user'] + m['system']:6.2f} {m['preempted']:14.3f}")
+        print(f"{name:28} {m['rps']:8.0f} {m['rps'] / nginx_rps:8.2f} {m['p50']:7.2f} "
+              f"{m['p99']:7.2f} {m['user']:6.2f} {m['system']:7.2f} "
+              f"{m['user'] + m['system']:6.2f} {m['preempted']:14.3f}")
 
 
 if __name__ == "__main__":
