@@ -337,3 +337,58 @@ async fn passive_health_ejects_and_recovers() {
         "endpoint came back after its ejection"
     );
 }
+
+/// An upstream that closes a kept-alive connection while it is idle in the
+/// gateway's pool gets the gateway's side closed by the pool's periodic
+/// sweep (every 5 s), not only when the next request would pick it: no
+/// connection stays half-closed (CLOSE_WAIT on the gateway) after traffic
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_while_idle_are_closed_by_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // One exchange, then the upstream closes its side and waits for the
+    // gateway's end of file: how long after its own close, or None.
+    let upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read request");
+            assert!(n > 0, "the gateway closed before sending a request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .expect("answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.shutdown().await.expect("close the upstream's side");
+        let closed = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(12), stream.read(&mut buf)).await {
+            Ok(Ok(0)) => Some(closed.elapsed()),
+            Ok(Ok(n)) => panic!("the gateway sent {n} more bytes on a closed connection"),
+            Ok(Err(_)) => Some(closed.elapsed()),
+            Err(_) => None,
+        }
+    });
+    let gateway = Gateway::start(&[(
+        "r.yaml",
+        &url_route("idle.test", &format!("http://{addr}"), ""),
+    )]);
+    let client = Client::new(gateway.http);
+    let answer = client.get("idle.test", "/").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "ok");
+    let waited = upstream.await.expect("upstream task");
+    let Some(waited) = waited else {
+        panic!("the gateway kept its side of the closed idle connection open for 12 s");
+    };
+    assert!(
+        waited <= Duration::from_secs(8),
+        "the gateway closed its side only after {waited:?} (sweep every 5 s)"
+    );
+}
