@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import proxy  # noqa: E402  (helpers: free_port, wait_port, run_wrk, nginx_conf, start)
+import proxy  # noqa: E402  (helpers: require, free_port, wait_port, run_wrk, nginx_conf, start)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,11 +127,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/ferrogate"))
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "taskset", "openssl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: run scripts/test-deps.sh")
-    if not os.path.exists(args.binary):
-        raise SystemExit(f"{args.binary} is missing: run cargo build --release")
+    proxy.require(args.binary, ("nginx", "wrk", "taskset", "openssl"))
 
     tmp = tempfile.mkdtemp(prefix="fg-bench-auth-")
     key, jwks = make_key(tmp)

@@ -34,7 +34,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy import ROOT, cpu_ticks, free_port, parse_wrk, start, wait_port  # noqa: E402
+from proxy import (  # noqa: E402
+    ROOT, cpu_ticks, free_port, nginx_worker_pid, parse_wrk, require, start, wait_port)
 
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
           "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
@@ -98,11 +99,7 @@ def main():
     ap.add_argument("--body", type=int, default=20 * 1024, help="JSON body size in bytes")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/ferrogate"))
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: run scripts/test-deps.sh")
-    if not os.path.exists(args.binary):
-        raise SystemExit(f"{args.binary} is missing: run cargo build --release")
+    require(args.binary)
 
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     # `user root` below: nginx's workers must write their cache here.
@@ -190,8 +187,7 @@ spec:
         event = json.loads(fg.stdout.readline())
         fg_port = int(event["http"].rsplit(":", 1)[1])
         wait_port(fg_port)
-        nginx_worker = int(subprocess.run(["pgrep", "-P", str(procs[1].pid)],
-                                          capture_output=True, text=True).stdout.split()[0])
+        nginx_worker = nginx_worker_pid(procs[1])
 
         def head(url, headers):
             req = urllib.request.Request(url, headers=dict(headers))

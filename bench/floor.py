@@ -31,7 +31,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy import ROOT, Ferrogate, free_port, nginx_conf, parse_wrk, start, wait_port  # noqa: E402
+from proxy import (  # noqa: E402
+    ROOT, Ferrogate, free_port, nginx_conf, nginx_worker_pid, parse_wrk, require, start,
+    wait_port)
 
 
 def counters(pid):
@@ -88,11 +90,7 @@ def main():
     ap.add_argument("--spin", type=int, default=3000)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/ferrogate"))
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: run scripts/test-deps.sh")
-    if not os.path.exists(args.binary):
-        raise SystemExit(f"{args.binary} is missing: run cargo build --release")
+    require(args.binary)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "dataplane",
                     "--example", "proxy_floor"], cwd=ROOT, check=True)
     floor_binary = os.path.join(ROOT, "target", "release", "examples", "proxy_floor")
@@ -105,8 +103,7 @@ def main():
     nginx_px = start(["nginx", "-c", f"{tmp}/px.conf", "-p", tmp])
     wait_port(up_port)
     wait_port(px_port)
-    nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx_px.pid)],
-                                      capture_output=True, text=True).stdout.split()[0])
+    nginx_worker = nginx_worker_pid(nginx_px)
     fg = Ferrogate(args.binary, 1, up_port)
     wait_port(fg.http)
     spin = str(args.spin)

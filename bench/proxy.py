@@ -48,6 +48,24 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def require(binary, tools=("nginx", "wrk", "taskset")):
+    """Stops with what to run when a tool or the release build is missing."""
+    for tool in tools:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: run scripts/test-deps.sh")
+    if not os.path.exists(binary):
+        raise SystemExit(f"{binary} is missing: run cargo build --release")
+
+
+def nginx_worker_pid(master):
+    """The pid of the one worker of the nginx whose master is `master`."""
+    out = subprocess.run(["pgrep", "-P", str(master.pid)],
+                         capture_output=True, text=True).stdout.split()
+    if not out:
+        raise SystemExit(f"nginx (pid {master.pid}) has no worker process")
+    return int(out[0])
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,11 +270,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only the req/s comparison")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: run scripts/test-deps.sh")
-    if not os.path.exists(args.binary):
-        raise SystemExit(f"{args.binary} is missing: run cargo build --release")
+    require(args.binary)
 
     report = {"args": vars(args), "load_before": loadavg()}
     tmp = tempfile.mkdtemp(prefix="fg-bench-nginx-")
@@ -273,12 +287,9 @@ def main():
     wait_port(gw_port)
     fg = Ferrogate(args.binary, args.routes, up_port)
     wait_port(fg.http)
-    upstream_worker = int(subprocess.run(["pgrep", "-P", str(upstream.pid)],
-                                         capture_output=True, text=True).stdout.split()[0])
-    nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx_px.pid)],
-                                      capture_output=True, text=True).stdout.split()[0])
-    gw_worker = int(subprocess.run(["pgrep", "-P", str(nginx_gw.pid)],
-                                   capture_output=True, text=True).stdout.split()[0])
+    upstream_worker = nginx_worker_pid(upstream)
+    nginx_worker = nginx_worker_pid(nginx_px)
+    gw_worker = nginx_worker_pid(nginx_gw)
     targets = [
         ("direct", f"http://127.0.0.1:{up_port}/", upstream_worker),
         ("nginx", f"http://127.0.0.1:{px_port}/", nginx_worker),
@@ -450,8 +461,7 @@ http {{
     try:
         wait_port(port)
         wait_port(fg.https)
-        nginx_worker = int(subprocess.run(["pgrep", "-P", str(nginx.pid)],
-                                          capture_output=True, text=True).stdout.split()[0])
+        nginx_worker = nginx_worker_pid(nginx)
         peers = (("nginx", port, nginx_worker), ("ferrogate", fg.https, fg.pid))
         hz = os.sysconf("SC_CLK_TCK")
         runs = {"nginx": [], "ferrogate": []}
