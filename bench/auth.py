@@ -173,7 +173,7 @@ def main():
             if not runs:
                 print(f"{name:<6} no valid runs")
                 continue
-            s = lambda k: proxy.summarize(name, runs, k)
+            s = lambda k: proxy.summarize(runs, k)
             print(f"{name:<6} {s('rps'):>22} {s('p50_ms'):>16} {s('p99_ms'):>16} {s('cpu_us_per_req'):>16}")
         if results["bare"] and results["auth"]:
             med = lambda n, k: statistics.median(r[k] for r in results[n])
