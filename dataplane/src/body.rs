@@ -217,3 +217,43 @@ pub async fn read_limited(
     }
     Ok((buf.freeze(), trailers))
 }
+
+/// A client's request body: hyper's, for requests hyper read, or none, for
+/// the bodiless requests read by the gateway's own HTTP/1 path
+/// (`crate::h1server`).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Read by hyper (HTTP/2, and HTTP/1 requests with a body).
+    Hyper(hyper::body::Incoming),
+    /// The request had no body.
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -26,6 +26,7 @@
 //! body; such responses also carry `Vary: User-Agent, Sec-CH-UA-Mobile`
 //! for caches further down.
 
+use crate::body::RequestBody;
 use crate::body::{read_limited, LocalBody, ReadError};
 use crate::cache::policy::{self, Conditional, NotStored, RequestMode};
 use crate::cache::{self, Entry, Flight, Store};
@@ -38,7 +39,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use snapshot::model::{CachePolicy, Route};
 use std::future::Future;
 use std::sync::Arc;
@@ -148,7 +148,7 @@ fn prepared(name: &str) -> bool {
 /// coalescing); nothing is counted then.
 pub async fn fresh_hit(
     f: &Filtered<'_>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     cache_result: &mut Option<CacheResult>,
 ) -> Option<Response<Body>> {
     let policy = f.route.cache.as_ref()?;
@@ -212,12 +212,12 @@ fn connection_names_headers(headers: &HeaderMap) -> bool {
 /// Runs the filters around `send`, which forwards the request.
 pub async fn forward<F, Fut>(
     f: Filtered<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     cache_result: &mut Option<CacheResult>,
     send: F,
 ) -> Result<Response<Body>, ProxyError>
 where
-    F: FnOnce(Request<Incoming>) -> Fut,
+    F: FnOnce(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Result<Response<Body>, ProxyError>>,
 {
     let (trimmer, transformed) = f.trimming();

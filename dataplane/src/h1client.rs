@@ -307,7 +307,7 @@ pub fn encode_request(head: &request::Parts, body_len: usize, out: &mut BytesMut
 }
 
 /// Decimal digits of `n` without a heap allocation.
-fn decimal(mut n: usize) -> Digits {
+pub(crate) fn decimal(mut n: usize) -> Digits {
     let mut digits = Digits {
         buf: [0; 20],
         start: 20,
@@ -322,13 +322,13 @@ fn decimal(mut n: usize) -> Digits {
     }
 }
 
-struct Digits {
+pub(crate) struct Digits {
     buf: [u8; 20],
     start: usize,
 }
 
 impl Digits {
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 }

@@ -32,6 +32,7 @@ pub mod device;
 pub mod error;
 pub mod filters;
 pub mod h1client;
+pub mod h1server;
 pub mod health;
 pub mod metrics;
 pub mod observe;

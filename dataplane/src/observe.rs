@@ -265,7 +265,7 @@ mod tests {
     /// The request future must stay `Send` (hyper serves it on any worker).
     #[allow(dead_code)]
     fn handle_is_send(
-        req: Request<hyper::body::Incoming>,
+        req: Request<crate::body::RequestBody>,
         conn: std::sync::Arc<crate::proxy::ConnInfo>,
         shared: std::sync::Arc<Shared>,
     ) {

@@ -19,6 +19,7 @@
 //! is swapped in meanwhile. Every failure is a [`ProxyError`] turned into a
 //! response in one place ([`handle`]).
 
+use crate::body::RequestBody;
 use crate::device;
 use crate::error::ProxyError;
 use crate::h1client::ResponseBody;
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use snapshot::model::{
     Action, DirectResponse, Forward, HeaderChanges, PathRewrite, Redirect, Route,
 };
@@ -129,7 +130,7 @@ fn full(bytes: Bytes) -> Body {
 
 /// Serves one request. Never fails: errors become responses here.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, Infallible> {
@@ -163,7 +164,7 @@ pub async fn handle(
 }
 
 async fn serve(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: &ConnInfo,
     shared: &Shared,
     table: &Table,
@@ -366,7 +367,7 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 /// [`LINGER_TIME`]). Dropping it unread would reset an HTTP/2 stream, which
 /// clients report as a failed request instead of the answer (a 401, 404 or
 /// 429 they should see), and would close an HTTP/1.1 connection.
-fn unread<T>(request: Request<Incoming>, answer: T) -> T {
+fn unread<T>(request: Request<RequestBody>, answer: T) -> T {
     let mut body = request.into_body();
     if !body.is_end_stream() {
         tokio::spawn(async move {
@@ -668,7 +669,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// X-Forwarded-*, request id, hop-by-hop removal.
 fn prepare_upstream_headers(
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     conn: &ConnInfo,
     shared: &Shared,
     host: &str,
@@ -778,7 +779,7 @@ fn client_hash<B>(req: &Request<B>, conn: &ConnInfo, key: &snapshot::model::Hash
 /// `traceparent` of its own and is noted in `attempts`.
 #[allow(clippy::too_many_arguments)]
 async fn forward_request(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     forward: &Forward,
     runtime: &RouteRuntime,
     conn: &ConnInfo,
@@ -805,7 +806,7 @@ async fn forward_request(
         None
     };
     // Buffer small bodies so that the request can be replayed.
-    let (replayable, mut streamed): (Option<Bytes>, Option<Incoming>) = if body.is_end_stream() {
+    let (replayable, mut streamed): (Option<Bytes>, Option<RequestBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
     } else if forward.retry.attempts > 0
         && body
@@ -979,7 +980,7 @@ enum Outgoing {
     /// Read whole (small, or kept for retries).
     Buffered(Bytes),
     /// Streamed from the client as it arrives.
-    Streamed(Incoming),
+    Streamed(RequestBody),
 }
 
 impl From<Outgoing> for UpstreamBody {

@@ -1,5 +1,6 @@
-//! Listeners: accept TCP connections, terminate TLS, serve HTTP/1.1 and
-//! HTTP/2 with hyper, and drain gracefully on shutdown.
+//! Listeners: accept TCP connections, terminate TLS, serve HTTP/1.1 (plain
+//! requests on the gateway's own path, `crate::h1server`, the rest with
+//! hyper) and HTTP/2 with hyper, and drain gracefully on shutdown.
 //!
 //! Safe defaults, all configurable in [`ListenerLimits`]: a bounded number of
 //! connections (new ones beyond it are closed at once), a header read
@@ -8,6 +9,8 @@
 //! concurrent HTTP/2 streams, a TLS handshake timeout, and a drain period on
 //! shutdown during which open connections finish their requests.
 
+use crate::body::RequestBody;
+use crate::h1server;
 use crate::proxy::{self, ConnInfo};
 use crate::Shared;
 use hyper::service::service_fn;
@@ -16,7 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -90,6 +93,9 @@ impl Builders {
     }
 
     /// Serves one connection until it ends or the drain watcher closes it.
+    /// HTTP/1 connections start on the gateway's own path
+    /// (`crate::h1server`), which hands them to hyper at the first request
+    /// it does not serve.
     async fn serve<IO>(
         &self,
         io: IO,
@@ -100,14 +106,43 @@ impl Builders {
     ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let probe = shutdown.clone();
+        let mut stopped = std::pin::pin!(stopped(&mut shutdown));
+        let mut stop = h1server::Stop::new(stopped.as_mut(), probe);
+        if h2 {
+            self.serve_hyper(io, true, info, shared, &mut stop).await;
+            return;
+        }
+        match h1server::serve(io, info.clone(), shared.clone(), &mut stop).await {
+            h1server::End::Closed => {}
+            h1server::End::HandOff(io, read) => {
+                let io = h1server::Rewind::new(io, read);
+                self.serve_hyper(io, false, info, shared, &mut stop).await;
+            }
+        }
+    }
+
+    /// Serves one connection with hyper.
+    async fn serve_hyper<IO>(
+        &self,
+        io: IO,
+        h2: bool,
+        info: Arc<ConnInfo>,
+        shared: Arc<Shared>,
+        stop: &mut h1server::Stop<'_>,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = info.peer;
-        let service = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            proxy::handle(req.map(RequestBody::Hyper), info.clone(), shared.clone())
+        });
         let io = TokioIo::new(io);
         // On shutdown: finish the requests in flight, accept no new ones,
         // then close (HTTP/2 sends GOAWAY).
         let result = if h2 {
             let mut conn = std::pin::pin!(self.http2.serve_connection(io, service));
-            match until_stopped(conn.as_mut(), &mut shutdown).await {
+            match until_stopped(conn.as_mut(), stop).await {
                 Some(result) => result,
                 None => {
                     conn.as_mut().graceful_shutdown();
@@ -116,7 +151,7 @@ impl Builders {
             }
         } else {
             let mut conn = std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
-            match until_stopped(conn.as_mut(), &mut shutdown).await {
+            match until_stopped(conn.as_mut(), stop).await {
                 Some(result) => result,
                 None => {
                     conn.as_mut().graceful_shutdown();
@@ -139,29 +174,13 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Drives `conn` to its end (`Some`), or until shutdown starts (`None`).
-///
-/// The connection's task wakes at least twice per request; polling the
-/// shutdown watch each time (a lock in its notifier) is wasted work. Once
-/// the watch holds this task's waker it is only polled again when a probe
-/// (an atomic load) sees a new value, or when the waker changed.
 async fn until_stopped<C: Future>(
     mut conn: Pin<&mut C>,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: &mut h1server::Stop<'_>,
 ) -> Option<C::Output> {
-    let probe = shutdown.clone();
-    let mut stop = std::pin::pin!(stopped(shutdown));
-    let mut registered: Option<Waker> = None;
     std::future::poll_fn(|cx| {
-        let stale = registered
-            .as_ref()
-            .is_none_or(|waker| !waker.will_wake(cx.waker()));
-        if stale || probe.has_changed().unwrap_or(false) {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            if stale {
-                registered = Some(cx.waker().clone());
-            }
+        if stop.poll(cx) {
+            return Poll::Ready(None);
         }
         conn.as_mut().poll(cx).map(Some)
     })

@@ -11,7 +11,6 @@
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 /// Body of a request sent upstream: the client's body streamed through, or
 /// a buffered copy that can be sent again on retry.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<crate::body::RequestBody, Full<Bytes>>;
 
 /// A pooled client.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;

@@ -601,7 +601,7 @@ mod tests {
         a: &AuthRuntime,
         l: &crate::ratelimit::RouteLimits,
         ctx: &PhaseContext<'_>,
-        req: &mut Request<hyper::body::Incoming>,
+        req: &mut Request<crate::body::RequestBody>,
         q: &mut Option<String>,
         info: &mut RequestInfo,
     ) {
