@@ -892,4 +892,95 @@ mod tests {
             "{text}"
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const FRAMING: [&str; 5] = [
+            "content-length",
+            "transfer-encoding",
+            "expect",
+            "te",
+            "upgrade",
+        ];
+
+        fn field() -> impl Strategy<Value = (String, String)> {
+            let names = prop::sample::select(vec![
+                "Host",
+                "x-a",
+                "Content-Length",
+                "transfer-encoding",
+                "Transfer-Encoding",
+                "connection",
+                "Expect",
+                "TE",
+                "upgrade",
+                "user-agent",
+            ]);
+            (names.prop_map(str::to_owned), "[!-~][ -~]{0,12}")
+        }
+
+        proptest! {
+            #[test]
+            fn requests_with_framing_fields_always_go_to_hyper_and_no_byte_is_lost(
+                method in prop::sample::select(vec!["GET", "HEAD", "POST", "DELETE", "CONNECT"]),
+                version in prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0"]),
+                fields in prop::collection::vec(field(), 0..8),
+                tail in prop::collection::vec(any::<u8>(), 0..40),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut head = format!("{method} /p?q=1 {version}\r\n");
+                for (name, value) in &fields {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n");
+                let mut bytes = head.clone().into_bytes();
+                bytes.extend_from_slice(&tail);
+                let framed = fields.iter().any(|(name, value)| {
+                    FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f))
+                        || (name.eq_ignore_ascii_case("connection")
+                            && value.to_ascii_lowercase().split(',').any(|t| t.trim() == "upgrade"))
+                });
+                let mut buf = BytesMut::from(&bytes[..]);
+                match parse(&mut buf, 100, 64 * 1024) {
+                    Head::Ready(request, _) => {
+                        prop_assert!(!framed, "served here: {head:?}");
+                        prop_assert_eq!(version, "HTTP/1.1");
+                        prop_assert!(method != "CONNECT");
+                        prop_assert_eq!(request.headers().len(), fields.len());
+                        prop_assert_eq!(&buf[..], &tail[..], "the next request's bytes");
+                    }
+                    Head::HandOff => prop_assert_eq!(&buf[..], &bytes[..]),
+                    Head::Partial => prop_assert!(false, "a whole head taken as partial"),
+                }
+                // Any prefix: never a panic; a head not yet whole is left
+                // as it is.
+                let cut = cut.index(bytes.len() + 1);
+                let mut buf = BytesMut::from(&bytes[..cut]);
+                match parse(&mut buf, 100, 64 * 1024) {
+                    Head::Ready(..) => prop_assert!(cut >= head.len()),
+                    Head::Partial | Head::HandOff => prop_assert_eq!(&buf[..], &bytes[..cut]),
+                }
+            }
+
+            #[test]
+            fn any_bytes_are_served_here_only_as_a_whole_plain_head(
+                bytes in prop::collection::vec(any::<u8>(), 0..200),
+            ) {
+                let mut buf = BytesMut::from(&bytes[..]);
+                match parse(&mut buf, 100, 64 * 1024) {
+                    Head::Ready(request, _) => {
+                        prop_assert!(bytes.ends_with(&buf));
+                        let plain = request
+                            .headers()
+                            .keys()
+                            .all(|name| !FRAMING.contains(&name.as_str()));
+                        prop_assert!(plain);
+                    }
+                    Head::Partial | Head::HandOff => prop_assert_eq!(&buf[..], &bytes[..]),
+                }
+            }
+        }
+    }
 }
