@@ -235,7 +235,8 @@ impl EndpointPool {
             let Some(conn) = self.checkout_raw() else {
                 break;
             };
-            match conn.exchange(head, body, self).await {
+            // Pinned in place: see `crate::proxy::handle`.
+            match std::pin::pin!(conn.exchange(head, body, self)).await {
                 Err(ExchangeError::Stale) if repeatable => continue,
                 outcome => return outcome.map_err(SendError::from),
             }

@@ -110,7 +110,10 @@ where
             }
         };
         let method = request.method().clone();
-        let response = match proxy::handle(request, info.clone(), shared.clone()).await {
+        // Pinned in place (`pin!`), not awaited as a temporary: see
+        // `crate::proxy::handle`.
+        let handled = std::pin::pin!(proxy::handle(request, info.clone(), shared.clone()));
+        let response = match handled.await {
             Ok(response) => response,
             Err(never) => match never {},
         };
