@@ -48,6 +48,8 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
+/// Largest write buffer a connection keeps for its next request.
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 /// Bodies up to this size are written with the head in one write.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -99,6 +101,8 @@ pub enum ExchangeError {
 pub struct Connection {
     stream: TcpStream,
     read: BytesMut,
+    /// The request being written (kept for the next one's bytes).
+    write: BytesMut,
     /// The connection carried an exchange before this one.
     reused: bool,
 }
@@ -109,6 +113,7 @@ impl Connection {
         Connection {
             stream,
             read: BytesMut::new(),
+            write: BytesMut::new(),
             reused: false,
         }
     }
@@ -143,7 +148,9 @@ impl Connection {
     ) -> Result<Response<ResponseBody>, ExchangeError> {
         let reused = self.reused;
         self.reused = true;
-        let mut out = BytesMut::with_capacity(256 + body.len().min(COALESCE_BODY));
+        let mut out = std::mem::take(&mut self.write);
+        out.clear();
+        out.reserve(256 + body.len().min(COALESCE_BODY));
         encode_request(head, body.len(), &mut out);
         // Let the other requests that are ready run up to this point first,
         // so that the writes to upstreams leave together at the end of the
@@ -163,6 +170,11 @@ impl Connection {
                 Err(error) => Err(error),
             }
         };
+        // Small heads are the rule; a buffer grown for a body is let go
+        // rather than held by an idle pooled connection.
+        if out.capacity() <= KEEP_WRITE_BUFFER {
+            self.write = out;
+        }
         if let Err(error) = written {
             return Err(if reused && gone(&error) {
                 ExchangeError::Stale

@@ -212,6 +212,18 @@ impl HealthTable {
         self.is_healthy_at(i, self.millis(now))
     }
 
+    /// Like [`is_healthy`](Self::is_healthy), reading the clock (`now`)
+    /// only for an endpoint that was ever ejected.
+    pub fn is_healthy_with(&self, i: usize, now: impl FnOnce() -> Instant) -> bool {
+        match self.endpoints.get(i) {
+            Some(e) => match e.ejected_until.load(Ordering::Acquire) {
+                0 => true,
+                until => until <= self.millis(now()),
+            },
+            None => false,
+        }
+    }
+
     /// The predicate for [`Balancer::pick`](crate::balance::Balancer::pick)
     /// at `now` (the clock is read once, not per endpoint).
     pub fn healthy(&self, now: Instant) -> impl Fn(usize) -> bool + Copy + '_ {
@@ -306,6 +318,19 @@ mod tests {
         assert_eq!(table.ejected_for(2, t0), Some(BASE));
         assert_eq!(table.ejected_count(t0), 1);
         assert!((0..4).filter(|&i| i != 2).all(|i| table.is_healthy(i, t0)));
+    }
+
+    #[test]
+    fn the_clock_is_read_only_for_endpoints_ever_ejected() {
+        let t0 = Instant::now();
+        let table = HealthTable::new(2, OutlierConfig::default(), t0);
+        let never = || -> Instant { panic!("the clock was read for a healthy endpoint") };
+        assert!(table.is_healthy_with(0, never));
+        assert!(!table.is_healthy_with(5, never), "out of range");
+        assert!(fail(&table, 1, t0, 5));
+        assert!(!table.is_healthy_with(1, || t0));
+        assert!(table.is_healthy_with(1, || t0 + BASE));
+        assert!(table.is_healthy_with(0, never));
     }
 
     #[test]

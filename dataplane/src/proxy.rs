@@ -814,6 +814,9 @@ async fn forward_request(
     } else {
         None
     };
+    // The first attempt starts now, unless the body is read first (the
+    // clock is read once for both).
+    let mut next_start = body.is_end_stream().then_some(started);
     // Buffer small bodies so that the request can be replayed.
     let (replayable, mut streamed): (Option<Bytes>, Option<RequestBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
@@ -839,8 +842,8 @@ async fn forward_request(
     let _in_flight = InFlight(&cluster.requests_in_flight);
 
     for attempt in 0..attempts {
-        let elapsed = started.elapsed();
-        if elapsed >= request_deadline {
+        let now = next_start.take().unwrap_or_else(Instant::now);
+        if now.saturating_duration_since(started) >= request_deadline {
             last_error = ProxyError::UpstreamTimeout;
             break;
         }
@@ -886,14 +889,15 @@ async fn forward_request(
         if let Some(trace) = trace {
             trace.inject(upstream_req.headers_mut(), &span_id);
         }
-        let attempt_started = Instant::now();
+        // After a retry's backoff, the attempt starts now.
+        let attempt_started = if attempt > 0 { Instant::now() } else { now };
         cluster.count_attempt();
         let guard = cluster.begin(endpoint);
         let remaining =
             request_deadline.saturating_sub(attempt_started.saturating_duration_since(started));
         let timeout = attempt_timeout.min(remaining);
-        let outcome = std::pin::pin!(tokio::time::timeout(
-            timeout,
+        let outcome = std::pin::pin!(tokio::time::timeout_at(
+            (attempt_started + timeout).into(),
             send(&cluster, endpoint, upstream_req, upgrade)
         ))
         .await;

@@ -135,13 +135,15 @@ impl ClusterRuntime {
     /// Picks a healthy endpoint, avoiding `exclude` (the endpoint a retry
     /// just failed on) when another is available.
     pub fn pick(&self, hash: Option<u64>, exclude: Option<usize>) -> Option<usize> {
-        let now = Instant::now();
+        // The clock is read only when an endpoint was ever ejected.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(Instant::now);
         let healthy = |i: usize| {
             Some(i) != exclude
                 && self
                     .health
                     .as_ref()
-                    .map(|h| h.is_healthy(i, now))
+                    .map(|h| h.is_healthy_with(i, now))
                     .unwrap_or(true)
         };
         self.balancer
@@ -151,7 +153,7 @@ impl ClusterRuntime {
                 exclude.filter(|&i| {
                     self.health
                         .as_ref()
-                        .map(|h| h.is_healthy(i, now))
+                        .map(|h| h.is_healthy_with(i, now))
                         .unwrap_or(true)
                 })
             })
