@@ -1,7 +1,8 @@
 //! The gateway's own HTTP/1.1 path (`dataplane/src/h1server.rs`) through
 //! the real `ferrogate serve`: it answers as hyper's server does, serves
-//! pipelined requests in order, and hands a connection to hyper at the
-//! first request with a body, which then keeps serving it.
+//! pipelined requests in order (large answers included), and hands a
+//! connection to hyper at the first request with a body, which then keeps
+//! serving it.
 
 mod support;
 
@@ -12,8 +13,14 @@ use tokio::net::TcpStream;
 
 const HOST: &str = "shop.test";
 
-/// The routes: an upstream under /api, a redirect and a direct response.
+/// Size of the large direct response (more than the 16 KB gathered
+/// behind the head before a write).
+const BIG: usize = 40_000;
+
+/// The routes: an upstream under /api, a redirect, a direct response and
+/// a large direct response.
 fn routes(backend: &str) -> String {
+    let big = "x".repeat(BIG);
     format!(
         r#"apiVersion: ferrogate.dev/v1alpha1
 kind: ApiRoute
@@ -32,6 +39,10 @@ spec:
     matches: [{{path: {{type: Exact, value: /status}}}}]
     filters:
       directResponse: {{status: 503, body: '{{"maintenance":true}}', contentType: application/json}}
+  - name: big
+    matches: [{{path: {{type: Exact, value: /big}}}}]
+    filters:
+      directResponse: {{status: 200, body: "{big}", contentType: text/plain}}
 "#
     )
 }
@@ -146,7 +157,7 @@ fn normalized(response: &[u8], head_request: bool) -> String {
 async fn answers_are_the_same_as_hypers() {
     let app = upstream("app", Behavior::default()).await;
     let gw = Gateway::start(&[("shop.yaml", &routes(&app.addr.to_string()))]);
-    let cases: [(&str, &str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str, &str); 7] = [
         ("GET", "/api/items?page=2", HOST, ""),
         ("HEAD", "/api/items", HOST, ""),
         // The test upstream answers gRPC-typed requests with a body of
@@ -160,6 +171,7 @@ async fn answers_are_the_same_as_hypers() {
         ("GET", "/", "nowhere.test", ""),
         ("GET", "/moved", HOST, ""),
         ("GET", "/status", HOST, ""),
+        ("GET", "/big", HOST, ""),
     ];
     for (method, target, host, extra) in cases {
         let head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}");
@@ -204,6 +216,7 @@ async fn pipelined_requests_are_answered_in_order() {
     let requests = format!(
         "GET /api/1 HTTP/1.1\r\nHost: {HOST}\r\n\r\n\
          GET /status HTTP/1.1\r\nHost: {HOST}\r\n\r\n\
+         GET /big HTTP/1.1\r\nHost: {HOST}\r\n\r\n\
          HEAD /api/2 HTTP/1.1\r\nHost: {HOST}\r\n\r\n\
          GET /api/3 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
     );
@@ -214,13 +227,17 @@ async fn pipelined_requests_are_answered_in_order() {
     let (head, body) = next_response(&mut bytes, false);
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert_eq!(body, br#"{"maintenance":true}"#);
+    let (head, body) = next_response(&mut bytes, false);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains(&format!("content-length: {BIG}")), "{head}");
+    assert!(body.len() == BIG && body.iter().all(|&b| b == b'x'));
     let (head, body) = next_response(&mut bytes, true);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(body.is_empty());
     let (head, body) = next_response(&mut bytes, false);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains(r#""uri":"/api/3""#));
-    assert!(bytes.is_empty(), "more than four answers: {bytes:?}");
+    assert!(bytes.is_empty(), "more than five answers: {bytes:?}");
     assert_eq!(app.hits(), 3);
 }
 

@@ -54,6 +54,10 @@ const READ_SIZE: usize = 8 * 1024;
 const MIN_READ_ROOM: usize = 1024;
 /// Body bytes gathered behind the head before a write.
 const COALESCE: usize = 16 * 1024;
+/// The write buffer of a connection, and the most it keeps between
+/// requests.
+const OUT_SIZE: usize = 1024;
+const KEEP_OUT: usize = 4 * 1024;
 
 /// How a connection served by this path ended.
 pub(crate) enum End<IO> {
@@ -93,7 +97,7 @@ where
     let (max_headers, max_head) = (limits.max_headers, limits.max_header_bytes);
     let mut deadline = Deadline::new(limits.header_read_timeout);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(OUT_SIZE);
     loop {
         deadline.restart();
         let (request, client_keeps) = loop {
@@ -122,6 +126,14 @@ where
         if !keep {
             let _ = io.shutdown().await;
             return End::Closed;
+        }
+        // Buffers grown for a large answer or head are not kept by an idle
+        // keep-alive connection.
+        if out.capacity() > KEEP_OUT {
+            out = Vec::with_capacity(OUT_SIZE);
+        }
+        if buf.is_empty() && buf.capacity() > 2 * READ_SIZE {
+            buf = BytesMut::with_capacity(READ_SIZE);
         }
     }
 }
