@@ -4,10 +4,12 @@
 //! connection to hyper at the first request with a body, which then keeps
 //! serving it.
 
+mod scripted;
 mod support;
 
+use scripted::metric;
 use std::time::{Duration, Instant};
-use support::{upstream, Behavior, Gateway};
+use support::{blocking_get, upstream, Behavior, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -44,6 +46,15 @@ spec:
     filters:
       directResponse: {{status: 200, body: "{big}", contentType: text/plain}}
 "#
+    )
+}
+
+/// Connections the gateway handed from its own path to hyper so far.
+fn handoffs(gw: &Gateway) -> f64 {
+    metric(
+        &blocking_get(gw.admin, "/metrics"),
+        "ferrogate_http1_handoffs_total",
+        "",
     )
 }
 
@@ -177,11 +188,19 @@ async fn answers_are_the_same_as_hypers() {
         let head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}");
         // `content-length: 0` makes the request one with a body as far
         // as framing goes: hyper serves it.
+        // The counter shows which path served each: the comparison is
+        // between the two, not of one path with itself.
         let mut answers = Vec::new();
-        for hand_off in ["", "content-length: 0\r\n"] {
+        for (hand_off, counted) in [("", 0.0), ("content-length: 0\r\n", 1.0)] {
+            let before = handoffs(&gw);
             let mut stream = TcpStream::connect(gw.http).await.expect("connect");
             let request = format!("{head}{hand_off}connection: close\r\n\r\n");
             answers.push(exchange(&mut stream, request.as_bytes()).await);
+            assert_eq!(
+                handoffs(&gw) - before,
+                counted,
+                "{method} {target} with {hand_off:?}: hand-offs to hyper"
+            );
         }
         let head_request = method == "HEAD";
         let (ours, hypers) = (
@@ -239,6 +258,7 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(String::from_utf8_lossy(&body).contains(r#""uri":"/api/3""#));
     assert!(bytes.is_empty(), "more than five answers: {bytes:?}");
     assert_eq!(app.hits(), 3);
+    assert_eq!(handoffs(&gw), 0.0, "served on the gateway's own path");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,4 +306,5 @@ async fn a_request_with_a_body_hands_the_connection_to_hyper_which_keeps_serving
     }
     assert!(bytes.is_empty());
     assert_eq!(app.hits(), 4);
+    assert_eq!(handoffs(&gw), 1.0, "one hand-off, at the POST");
 }

@@ -131,6 +131,9 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Failed or timed-out TLS handshakes.
     pub tls_handshake_failures: Counter,
+    /// HTTP/1.1 connections handed to hyper at a request the gateway's
+    /// own path does not serve (`crate::h1server`).
+    pub http1_handoffs: Counter,
     /// Version of the snapshot being served.
     pub snapshot_version: Gauge<u64, AtomicU64>,
     /// Snapshots applied.
@@ -207,6 +210,13 @@ impl Default for Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
+        );
+        let http1_handoffs = Counter::default();
+        registry.register(
+            "http1_handoffs",
+            "HTTP/1.1 connections handed to hyper at a request with a body, an upgrade, \
+             Expect or TE, HTTP/1.0 or a malformed head",
+            http1_handoffs.clone(),
         );
         let snapshot_version = Gauge::<u64, AtomicU64>::default();
         registry.register(
@@ -327,6 +337,7 @@ impl Default for Metrics {
             upstream_ejections,
             connections_refused,
             tls_handshake_failures,
+            http1_handoffs,
             snapshot_version,
             snapshot_applied,
             snapshot_failures,

@@ -123,6 +123,7 @@ impl Builders {
         match end {
             h1server::End::Closed => {}
             h1server::End::HandOff(io, read) => {
+                shared.metrics.http1_handoffs.inc();
                 let io = h1server::Rewind::new(io, read);
                 std::pin::pin!(self.serve_hyper(io, false, info, shared, &mut stop)).await;
             }
