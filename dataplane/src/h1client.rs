@@ -415,15 +415,16 @@ pub fn framing(
     headers: &HeaderMap,
 ) -> Result<(BodyKind, bool), ProtocolError> {
     let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
-        }
+    let connection = |token| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), token))
+    };
+    if connection("close") {
+        keep_alive = false;
+    } else if version == Version::HTTP_10 && connection("keep-alive") {
+        keep_alive = true;
     }
     if head_request
         || status.is_informational()
@@ -434,12 +435,9 @@ pub fn framing(
     }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_some() {
-        let last = codings
+        let chunked = codings
             .last()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .map(str::trim);
-        let chunked = last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"));
+            .is_some_and(|value| last_token_is(value.as_bytes(), "chunked"));
         // A Content-Length next to Transfer-Encoding may be a smuggling
         // attempt: the body is read by the coding and the connection is
         // not used again.
@@ -452,6 +450,17 @@ pub fn framing(
             (BodyKind::UntilClose, false)
         });
     }
+    Ok(match content_length(headers)? {
+        Some(0) => (BodyKind::Empty, keep_alive),
+        Some(n) => (BodyKind::Length(n), keep_alive),
+        None => (BodyKind::UntilClose, false),
+    })
+}
+
+/// The `Content-Length` of a message: `None` without the field; an error
+/// unless every value (repeated fields and comma lists included) is the
+/// same decimal number.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| ProtocolError::ContentLength)?;
@@ -467,11 +476,24 @@ pub fn framing(
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => (BodyKind::Empty, keep_alive),
-        Some(n) => (BodyKind::Length(n), keep_alive),
-        None => (BodyKind::UntilClose, false),
-    })
+    Ok(length)
+}
+
+/// Whether the comma-separated field value `value` lists `token`
+/// (case-insensitive; spaces around items ignored).
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether the last item of the comma-separated field value `value` is
+/// `token` (case-insensitive).
+pub(crate) fn last_token_is(value: &[u8], token: &str) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// What the chunked decoder got out of the bytes it was given.
@@ -934,6 +956,24 @@ mod tests {
             ),
             Ok((Length(1), true))
         );
+        // `close` wins wherever it stands.
+        assert_eq!(
+            frame(
+                200,
+                v10,
+                false,
+                &[("connection", "close, keep-alive"), ("content-length", "1")]
+            ),
+            Ok((Length(1), false))
+        );
+    }
+
+    #[test]
+    fn field_value_tokens() {
+        assert!(has_token(b"keep-alive, Upgrade", "upgrade"));
+        assert!(!has_token(b"keep-alive, upgrades", "upgrade"));
+        assert!(last_token_is(b"gzip ,  CHUNKED ", "chunked"));
+        assert!(!last_token_is(b"chunked, gzip", "chunked"));
     }
 
     #[test]

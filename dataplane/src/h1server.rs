@@ -27,7 +27,7 @@
 //! ```
 
 use crate::body::RequestBody;
-use crate::h1client::decimal;
+use crate::h1client::{content_length, decimal, has_token, last_token_is};
 use crate::proxy::{self, ConnInfo};
 use crate::Shared;
 use bytes::{Bytes, BytesMut};
@@ -35,6 +35,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
 use std::future::Future;
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -184,14 +185,10 @@ fn parse(buf: &mut BytesMut, max_headers: usize, max_head: usize) -> Head {
             | header::UPGRADE
             | header::TE => return Head::HandOff,
             header::CONNECTION => {
-                for token in field.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep = false;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Head::HandOff;
-                    }
+                if has_token(field.value, "upgrade") {
+                    return Head::HandOff;
                 }
+                keep &= !has_token(field.value, "close");
             }
             _ => {}
         }
@@ -424,7 +421,8 @@ where
                 data.slice(..n as usize)
             }
             Framing::Chunked => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{:x}\r\n", data.len());
                 data
             }
             Framing::None => continue,
@@ -489,7 +487,7 @@ fn encode_head<B: Body>(
     let body_allowed = !no_content && !head_request;
     let coded = body_allowed && headers.contains_key(header::TRANSFER_ENCODING);
     let exact = body.size_hint().exact();
-    let given = content_length(headers);
+    let given = content_length(headers).ok().flatten();
     if given.is_none() && headers.contains_key(header::CONTENT_LENGTH) && body_allowed {
         // Conflicting or malformed lengths from the handler: the body's
         // own framing is written, and the connection ends after it.
@@ -519,11 +517,8 @@ fn encode_head<B: Body>(
             }
             header::TRANSFER_ENCODING => {
                 if coded && !wrote_coding {
-                    let last_chunked = joined(out, b"transfer-encoding: ", headers, name)
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                    if !last_chunked {
+                    let codings = joined(out, b"transfer-encoding: ", headers, name);
+                    if !last_token_is(codings, "chunked") {
                         out.extend_from_slice(b", chunked");
                     }
                     out.extend_from_slice(b"\r\n");
@@ -533,10 +528,7 @@ fn encode_head<B: Body>(
             }
             header::CONNECTION => {
                 if !wrote_connection {
-                    let close = joined(out, b"connection: ", headers, name)
-                        .split(|&b| b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-                    if close {
+                    if has_token(joined(out, b"connection: ", headers, name), "close") {
                         keep = false;
                     } else if closing {
                         out.extend_from_slice(b", close");
@@ -596,20 +588,6 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(decimal(n as usize).as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// The `content-length` given in `headers`, when there is exactly one
-/// value (repeated fields must agree) and it is a number.
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n: u64 = value.to_str().ok()?.trim().parse().ok()?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
 }
 
 thread_local! {

@@ -671,9 +671,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .headers()
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .any(|v| crate::h1client::has_token(v.as_bytes(), "upgrade"))
 }
 
 /// X-Forwarded-*, request id, hop-by-hop removal.
@@ -814,9 +812,8 @@ async fn forward_request(
     } else {
         None
     };
-    // The first attempt starts now, unless the body is read first (the
-    // clock is read once for both).
-    let mut next_start = body.is_end_stream().then_some(started);
+    // Without a body to read first, the first attempt starts at `started`.
+    let read_first = !body.is_end_stream();
     // Buffer small bodies so that the request can be replayed.
     let (replayable, mut streamed): (Option<Bytes>, Option<RequestBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
@@ -842,7 +839,11 @@ async fn forward_request(
     let _in_flight = InFlight(&cluster.requests_in_flight);
 
     for attempt in 0..attempts {
-        let now = next_start.take().unwrap_or_else(Instant::now);
+        let now = if attempt == 0 && !read_first {
+            started
+        } else {
+            Instant::now()
+        };
         if now.saturating_duration_since(started) >= request_deadline {
             last_error = ProxyError::UpstreamTimeout;
             break;
