@@ -29,6 +29,7 @@
 use crate::body::RequestBody;
 use crate::h1client::{content_length, decimal, has_token, last_token_is};
 use crate::proxy::{self, ConnInfo};
+use crate::server::Stop;
 use crate::Shared;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -39,10 +40,9 @@ use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 /// Most header fields this path parses; a request with more (when the
@@ -295,55 +295,6 @@ impl Deadline {
             }
             timer.as_mut().reset(at);
         }
-    }
-}
-
-/// The start of a listener's shutdown, as seen by one connection task.
-///
-/// The task wakes at least twice per request; polling the watch each time
-/// (a lock in its notifier) is wasted work. Once the watch holds this
-/// task's waker it is only polled again when a probe (an atomic load) sees
-/// a new value, or when the waker changed.
-pub(crate) struct Stop<'a> {
-    stopped: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
-    probe: watch::Receiver<bool>,
-    registered: Option<Waker>,
-}
-
-impl<'a> Stop<'a> {
-    /// Watches `stopped` (which resolves when shutdown starts); `probe` is
-    /// a clone of the watch it waits on.
-    pub(crate) fn new(
-        stopped: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
-        probe: watch::Receiver<bool>,
-    ) -> Stop<'a> {
-        Stop {
-            stopped,
-            probe,
-            registered: None,
-        }
-    }
-
-    /// Whether shutdown has started; wakes the task when it starts.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        let stale = self
-            .registered
-            .as_ref()
-            .is_none_or(|waker| !waker.will_wake(cx.waker()));
-        if stale || self.probe.has_changed().unwrap_or(false) {
-            if self.stopped.as_mut().poll(cx).is_ready() {
-                return true;
-            }
-            if stale {
-                self.registered = Some(cx.waker().clone());
-            }
-        }
-        false
-    }
-
-    /// Whether shutdown has started (no waker involved).
-    pub(crate) fn started(&self) -> bool {
-        *self.probe.borrow()
     }
 }
 
@@ -755,7 +706,15 @@ mod tests {
         assert_eq!(buf.len(), 21, "a partial head is left as it is");
     }
 
-    fn head_of(status: u16, fields: &[(&str, &str)], body: LocalBody, method: Method) -> String {
+    /// The head `encode_head` writes, its framing and whether the
+    /// connection stays open.
+    fn encoded(
+        status: u16,
+        fields: &[(&str, &str)],
+        body: LocalBody,
+        method: Method,
+        closing: bool,
+    ) -> (Framing, bool, String) {
         let mut response = Response::new(body);
         *response.status_mut() = StatusCode::from_u16(status).expect("status");
         for (name, value) in fields {
@@ -766,8 +725,14 @@ mod tests {
         }
         let (parts, body) = response.into_parts();
         let mut out = Vec::new();
-        let (framing, keep) = encode_head(&mut out, &method, &parts, &body, false);
-        let text = String::from_utf8(out).expect("ASCII");
+        let (framing, keep) = encode_head(&mut out, &method, &parts, &body, closing);
+        (framing, keep, String::from_utf8(out).expect("ASCII"))
+    }
+
+    /// `encoded` in one line, without the `date` field, for a connection
+    /// that stays open.
+    fn head_of(status: u16, fields: &[(&str, &str)], body: LocalBody, method: Method) -> String {
+        let (framing, keep, text) = encoded(status, fields, body, method, false);
         let text: Vec<&str> = text.lines().filter(|l| !l.starts_with("date: ")).collect();
         format!("{framing:?} {keep} | {}", text.join("|"))
     }
@@ -817,18 +782,13 @@ mod tests {
             head_of(200, &[("connection", "close")], full(), Method::GET),
             "Length(5) false | HTTP/1.1 200 OK|connection: close|content-length: 5|"
         );
-        // A date given is kept, none added.
-        let mut response = Response::new(full());
-        response.headers_mut().insert(
-            "date",
-            HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"),
-        );
-        let (parts, body) = response.into_parts();
-        let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, &parts, &body, true);
-        let text = String::from_utf8(out).expect("ASCII");
+        // A date given is kept, none added; a closing connection says so.
+        let date = "Tue, 01 Dec 2026 00:00:00 GMT";
+        let (_, keep, text) = encoded(200, &[("date", date)], full(), Method::GET, true);
         assert_eq!(text.matches("date: ").count(), 1, "{text}");
+        assert!(text.contains(date), "{text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(!keep);
     }
 
     #[test]

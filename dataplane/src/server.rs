@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -108,7 +108,7 @@ impl Builders {
     {
         let probe = shutdown.clone();
         let mut stopped = std::pin::pin!(stopped(&mut shutdown));
-        let mut stop = h1server::Stop::new(stopped.as_mut(), probe);
+        let mut stop = Stop::new(stopped.as_mut(), probe);
         if h2 {
             std::pin::pin!(self.serve_hyper(io, true, info, shared, &mut stop)).await;
             return;
@@ -137,7 +137,7 @@ impl Builders {
         h2: bool,
         info: Arc<ConnInfo>,
         shared: Arc<Shared>,
-        stop: &mut h1server::Stop<'_>,
+        stop: &mut Stop<'_>,
     ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -181,11 +181,57 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
+/// The start of a listener's shutdown, as seen by one connection task.
+///
+/// The task wakes at least twice per request; polling the watch each time
+/// (a lock in its notifier) is wasted work. Once the watch holds this
+/// task's waker it is only polled again when a probe (an atomic load) sees
+/// a new value, or when the waker changed.
+pub(crate) struct Stop<'a> {
+    stopped: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    probe: watch::Receiver<bool>,
+    registered: Option<Waker>,
+}
+
+impl<'a> Stop<'a> {
+    /// Watches `stopped` (which resolves when shutdown starts); `probe` is
+    /// a clone of the watch it waits on.
+    pub(crate) fn new(
+        stopped: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+        probe: watch::Receiver<bool>,
+    ) -> Stop<'a> {
+        Stop {
+            stopped,
+            probe,
+            registered: None,
+        }
+    }
+
+    /// Whether shutdown has started; wakes the task when it starts.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        let stale = self
+            .registered
+            .as_ref()
+            .is_none_or(|waker| !waker.will_wake(cx.waker()));
+        if stale || self.probe.has_changed().unwrap_or(false) {
+            if self.stopped.as_mut().poll(cx).is_ready() {
+                return true;
+            }
+            if stale {
+                self.registered = Some(cx.waker().clone());
+            }
+        }
+        false
+    }
+
+    /// Whether shutdown has started (no waker involved).
+    pub(crate) fn started(&self) -> bool {
+        *self.probe.borrow()
+    }
+}
+
 /// Drives `conn` to its end (`Some`), or until shutdown starts (`None`).
-async fn until_stopped<C: Future>(
-    mut conn: Pin<&mut C>,
-    stop: &mut h1server::Stop<'_>,
-) -> Option<C::Output> {
+async fn until_stopped<C: Future>(mut conn: Pin<&mut C>, stop: &mut Stop<'_>) -> Option<C::Output> {
     std::future::poll_fn(|cx| {
         if stop.poll(cx) {
             return Poll::Ready(None);
