@@ -81,6 +81,11 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
     }
+
+    /// Whether the deadline passed before the response head came.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendError::Exchange(ExchangeError::TimedOut))
+    }
 }
 
 /// The pools of all endpoints, shared by every table so that connections
@@ -229,6 +234,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         head: &http::request::Parts,
         body: &Bytes,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         let repeatable = head.method.is_idempotent();
         for _ in 0..MAX_STALE_TRIES {
@@ -236,14 +242,17 @@ impl EndpointPool {
                 break;
             };
             // Pinned in place: see `crate::proxy::handle`.
-            match std::pin::pin!(conn.exchange(head, body, self)).await {
+            match std::pin::pin!(conn.exchange(head, body, self, deadline)).await {
                 Err(ExchangeError::Stale) if repeatable => continue,
                 outcome => return outcome.map_err(SendError::from),
             }
         }
-        let stream = self.connect_tcp().await?;
+        let stream = match tokio::time::timeout_at(deadline, self.connect_tcp()).await {
+            Ok(connected) => connected?,
+            Err(_) => return Err(SendError::Exchange(ExchangeError::TimedOut)),
+        };
         Connection::new(stream)
-            .exchange(head, body, self)
+            .exchange(head, body, self, deadline)
             .await
             .map_err(SendError::from)
     }

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Largest response head (status line and header fields) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -93,6 +95,9 @@ pub enum ExchangeError {
     /// The upstream's answer is not valid HTTP/1.1.
     #[error("{0}")]
     Protocol(#[from] ProtocolError),
+    /// The response head did not come before the deadline.
+    #[error("upstream timed out")]
+    TimedOut,
 }
 
 /// A keep-alive connection to an upstream, with what was read from it but
@@ -105,6 +110,9 @@ pub struct Connection {
     write: BytesMut,
     /// The connection carried an exchange before this one.
     reused: bool,
+    /// The deadline of the exchange under way, kept from one exchange to
+    /// the next (see [`Connection::exchange`]).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -115,6 +123,7 @@ impl Connection {
             read: BytesMut::new(),
             write: BytesMut::new(),
             reused: false,
+            timer: None,
         }
     }
 
@@ -136,16 +145,88 @@ impl Connection {
         }
     }
 
-    /// Sends one request and reads the response head. The body (already
-    /// read, or to be read through the connection) is in the response;
-    /// the connection goes back to `pool` when the body has ended, if the
-    /// upstream keeps it open.
+    /// Sends one request and reads the response head, which must come
+    /// before `deadline`. The body (already read, or to be read through the
+    /// connection) is in the response; the connection goes back to `pool`
+    /// when the body has ended, if the upstream keeps it open.
+    ///
+    /// The deadline is the connection's timer, moved for each exchange: a
+    /// timer registered for every request was a timer-wheel insertion and
+    /// removal each time, and moving a registered timer later is one atomic
+    /// update (tokio's timers move later lazily).
     pub async fn exchange(
         mut self,
         head: &request::Parts,
         body: &Bytes,
         pool: &Arc<EndpointPool>,
+        deadline: Instant,
     ) -> Result<Response<ResponseBody>, ExchangeError> {
+        let mut timer = match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let head_read = {
+            let mut read = std::pin::pin!(self.send_and_read_head(head, body));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = read.as_mut().poll(cx) {
+                    return Poll::Ready(result);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(ExchangeError::TimedOut)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
+        };
+        self.timer = Some(timer);
+        let (status, version, mut headers) = head_read?;
+        let head_request = head.method == Method::HEAD;
+        let (kind, keep_alive) = framing(status, version, head_request, &headers)?;
+        if matches!(kind, BodyKind::Chunked | BodyKind::UntilClose) {
+            // The length is ours to set again (or to leave to the client
+            // side's chunking); a Content-Length beside chunking is void.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let body = match kind {
+            BodyKind::Empty => {
+                if keep_alive {
+                    pool.put_raw(self);
+                }
+                ResponseBody::Raw(RawBody::done())
+            }
+            BodyKind::Length(n) if self.read.len() as u64 >= n => {
+                let bytes = self.read.split_to(n as usize).freeze();
+                if keep_alive {
+                    pool.put_raw(self);
+                }
+                ResponseBody::Raw(RawBody::whole(bytes))
+            }
+            kind => ResponseBody::Raw(RawBody {
+                state: match kind {
+                    BodyKind::Length(n) => State::Length(n),
+                    BodyKind::Chunked => State::Chunked(ChunkedDecoder::default()),
+                    _ => State::UntilClose,
+                },
+                conn: Some(self),
+                pool: keep_alive.then(|| pool.clone()),
+            }),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// Writes the request, then reads the response head (1xx skipped).
+    async fn send_and_read_head(
+        &mut self,
+        head: &request::Parts,
+        body: &Bytes,
+    ) -> Result<(StatusCode, Version, HeaderMap), ExchangeError> {
         let reused = self.reused;
         self.reused = true;
         let mut out = std::mem::take(&mut self.write);
@@ -182,9 +263,8 @@ impl Connection {
                 ExchangeError::Io(error)
             });
         }
-        let head_request = head.method == Method::HEAD;
         let mut received = false;
-        let (status, version, mut headers) = loop {
+        loop {
             match parse_head(&mut self.read)? {
                 Some((status, _, _)) if status.is_informational() => {
                     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -192,7 +272,7 @@ impl Connection {
                     }
                     continue;
                 }
-                Some(parsed) => break parsed,
+                Some(parsed) => return Ok(parsed),
                 None if self.read.len() >= MAX_HEAD_BYTES => {
                     return Err(ProtocolError::HeadTooLarge.into())
                 }
@@ -208,42 +288,7 @@ impl Connection {
                 }
                 Err(error) => return Err(error.into()),
             }
-        };
-        let (kind, keep_alive) = framing(status, version, head_request, &headers)?;
-        if matches!(kind, BodyKind::Chunked | BodyKind::UntilClose) {
-            // The length is ours to set again (or to leave to the client
-            // side's chunking); a Content-Length beside chunking is void.
-            headers.remove(header::CONTENT_LENGTH);
         }
-        let body = match kind {
-            BodyKind::Empty => {
-                if keep_alive {
-                    pool.put_raw(self);
-                }
-                ResponseBody::Raw(RawBody::done())
-            }
-            BodyKind::Length(n) if self.read.len() as u64 >= n => {
-                let bytes = self.read.split_to(n as usize).freeze();
-                if keep_alive {
-                    pool.put_raw(self);
-                }
-                ResponseBody::Raw(RawBody::whole(bytes))
-            }
-            kind => ResponseBody::Raw(RawBody {
-                state: match kind {
-                    BodyKind::Length(n) => State::Length(n),
-                    BodyKind::Chunked => State::Chunked(ChunkedDecoder::default()),
-                    _ => State::UntilClose,
-                },
-                conn: Some(self),
-                pool: keep_alive.then(|| pool.clone()),
-            }),
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.headers_mut() = headers;
-        Ok(response)
     }
 }
 
@@ -463,13 +508,20 @@ pub fn framing(
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| ProtocolError::ContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() {
                 return Err(ProtocolError::ContentLength);
             }
-            let n: u64 = part.parse().map_err(|_| ProtocolError::ContentLength)?;
+            let mut n = 0u64;
+            for &b in part {
+                n = match (b.is_ascii_digit(), n.checked_mul(10)) {
+                    (true, Some(tens)) => tens
+                        .checked_add(u64::from(b - b'0'))
+                        .ok_or(ProtocolError::ContentLength)?,
+                    _ => return Err(ProtocolError::ContentLength),
+                };
+            }
             if length.is_some_and(|seen| seen != n) {
                 return Err(ProtocolError::ContentLength);
             }
@@ -897,11 +949,23 @@ mod tests {
             ),
             Ok((Length(3), true))
         );
+        assert_eq!(
+            frame(
+                200,
+                v11,
+                false,
+                &[("content-length", "18446744073709551615")]
+            ),
+            Ok((Length(u64::MAX), true))
+        );
         for bad in [
             &[("content-length", "3"), ("content-length", "4")][..],
             &[("content-length", "+3")],
             &[("content-length", "")],
             &[("content-length", "0x10")],
+            &[("content-length", "3,,3")],
+            &[("content-length", "3 3")],
+            &[("content-length", "18446744073709551616")],
         ] {
             assert_eq!(
                 frame(200, v11, false, bad),
@@ -1165,6 +1229,81 @@ mod tests {
         (authority, accepted, heads)
     }
 
+    /// A deadline no test reaches.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    /// A connection keeps one timer from exchange to exchange: moved later
+    /// for a later deadline (lazily, by tokio), earlier for an earlier one,
+    /// and set again after it fired while the connection was idle. Each
+    /// exchange still times out at its own deadline, not at an earlier
+    /// exchange's.
+    #[tokio::test]
+    async fn each_exchange_times_out_at_its_own_deadline() {
+        // The second request on a connection gets no answer.
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let timed = |pool: Arc<EndpointPool>, first: Duration, second: Duration| async move {
+            let start = Instant::now();
+            let response = pool
+                .send_buffered(&request(Method::GET, "/a"), &Bytes::new(), start + first)
+                .await
+                .expect("first answer");
+            assert_eq!(read(response).await.0, b"ok");
+            let start = Instant::now();
+            let error = pool
+                .send_buffered(&request(Method::GET, "/b"), &Bytes::new(), start + second)
+                .await
+                .expect_err("no second answer");
+            assert!(error.is_timeout(), "{error}");
+            start.elapsed()
+        };
+        for (first, second) in [
+            // Later: the timer still stands at the first deadline when it
+            // fires, and must not end the second exchange then.
+            (Duration::from_millis(300), Duration::from_millis(700)),
+            // Earlier: the timer moves back.
+            (Duration::from_secs(60), Duration::from_millis(300)),
+        ] {
+            let (authority, _, _) = scripted(vec![ok, b""], None).await;
+            let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
+            let waited = timed(pool, first, second).await;
+            assert!(
+                waited >= second - Duration::from_millis(20)
+                    && waited < second + Duration::from_secs(2),
+                "{first:?} then {second:?}: timed out after {waited:?}"
+            );
+        }
+        // Fired while idle: set again for the next exchange.
+        let (authority, _, _) = scripted(vec![ok, b""], None).await;
+        let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
+        let response = pool
+            .send_buffered(
+                &request(Method::GET, "/a"),
+                &Bytes::new(),
+                Instant::now() + Duration::from_millis(50),
+            )
+            .await
+            .expect("first answer");
+        assert_eq!(read(response).await.0, b"ok");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let start = Instant::now();
+        let error = pool
+            .send_buffered(
+                &request(Method::GET, "/b"),
+                &Bytes::new(),
+                start + Duration::from_millis(300),
+            )
+            .await
+            .expect_err("no second answer");
+        assert!(error.is_timeout(), "{error}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(280),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
     fn request(method: Method, path: &str) -> request::Parts {
         let (mut head, ()) = http::Request::new(()).into_parts();
         head.method = method;
@@ -1193,6 +1332,7 @@ mod tests {
                 .send_buffered(
                     &request(Method::POST, &format!("/r{i}")),
                     &Bytes::from_static(b"abc"),
+                    later(),
                 )
                 .await
                 .expect("send");
@@ -1218,18 +1358,18 @@ mod tests {
         let (authority, accepted, _) = scripted(vec![big], None).await;
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         let first = pool
-            .send_buffered(&request(Method::GET, "/a"), &Bytes::new())
+            .send_buffered(&request(Method::GET, "/a"), &Bytes::new(), later())
             .await
             .expect("first");
         let second = pool
-            .send_buffered(&request(Method::GET, "/b"), &Bytes::new())
+            .send_buffered(&request(Method::GET, "/b"), &Bytes::new(), later())
             .await
             .expect("second");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(read(first).await.0.len(), 1_000_000);
         assert_eq!(read(second).await.0.len(), 1_000_000);
         let third = pool
-            .send_buffered(&request(Method::GET, "/c"), &Bytes::new())
+            .send_buffered(&request(Method::GET, "/c"), &Bytes::new(), later())
             .await
             .expect("third");
         assert_eq!(read(third).await.0.len(), 1_000_000);
@@ -1241,7 +1381,7 @@ mod tests {
 
         // A body dropped before its end closes its connection.
         drop(
-            pool.send_buffered(&request(Method::GET, "/d"), &Bytes::new())
+            pool.send_buffered(&request(Method::GET, "/d"), &Bytes::new(), later())
                 .await
                 .expect("fourth"),
         );
@@ -1258,7 +1398,7 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..2 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
                 .await
                 .expect("send");
             assert_eq!(response.status(), StatusCode::OK);
@@ -1282,7 +1422,7 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..2 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"until the end");
@@ -1297,7 +1437,7 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..2 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"ok");
@@ -1316,7 +1456,7 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..3 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"ok");
@@ -1335,7 +1475,7 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..3 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"ok");
@@ -1361,7 +1501,7 @@ mod tests {
             let (authority, _, _) = scripted(vec![answer], Some(1)).await;
             let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
             let error = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
                 .await
                 .expect_err("broken");
             assert!(!error.is_connect());
@@ -1378,7 +1518,7 @@ mod tests {
         .await;
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         let response = pool
-            .send_buffered(&request(Method::GET, "/"), &Bytes::new())
+            .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
             .await
             .expect("head");
         let error = response.into_body().collect().await.expect_err("cut short");

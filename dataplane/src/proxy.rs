@@ -612,45 +612,64 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether a name of this length may be hop-by-hop (or `Upgrade`): most
+/// names are not, and are passed over with one comparison.
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16..=19)
+}
+
 /// Removes hop-by-hop headers (and those the `Connection` header names).
 /// For upgrades, `Connection: upgrade` and `Upgrade` are kept. `TE:
 /// trailers` is kept, as gRPC needs it end to end.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            // `keep-alive` (what upstreams usually list) goes below anyway.
-            .filter(|name| !name.trim().eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !(upgrade && name == header::UPGRADE))
-            .collect();
+    // One look at every name first: a lookup or removal hashes the name
+    // even when it is absent, and most messages carry none of these but
+    // the upstream's `Connection: keep-alive`.
+    let mut present = 0u8; // one bit per HOP_BY_HOP entry
+    let (mut has_connection, mut has_te, mut has_upgrade) = (false, false, false);
+    for name in headers.keys() {
+        let text = name.as_str();
+        if !hop_by_hop_length(text.len()) {
+            continue;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop.as_str() == text) {
+            present |= 1 << i;
+        }
+        has_connection |= name == header::CONNECTION;
+        has_te |= name == header::TE;
+        has_upgrade |= name == header::UPGRADE;
+    }
+    if has_connection {
+        let mut listed = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                // `keep-alive` (what upstreams usually list) goes below
+                // anyway.
+                if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
+                match HeaderName::from_bytes(token) {
+                    Ok(name) if !(upgrade && name == header::UPGRADE) => listed.push(name),
+                    _ => {}
+                }
+            }
+        }
         for name in listed {
+            has_upgrade &= name != header::UPGRADE;
             headers.remove(name);
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-        .unwrap_or(false);
-    // Look before removing: a removal hashes the name even when it is
-    // absent, and most messages carry few of these.
-    let mut present = [false; 7]; // one per HOP_BY_HOP entry
-    let mut has_upgrade = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present[i] = true;
-        }
-        has_upgrade |= name == header::UPGRADE;
-    }
-    for (name, here) in HOP_BY_HOP.iter().zip(present) {
-        if here {
+    let te_trailers = has_te
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -897,11 +916,9 @@ async fn forward_request(
         let remaining =
             request_deadline.saturating_sub(attempt_started.saturating_duration_since(started));
         let timeout = attempt_timeout.min(remaining);
-        let outcome = std::pin::pin!(tokio::time::timeout_at(
-            (attempt_started + timeout).into(),
-            send(&cluster, endpoint, upstream_req, upgrade)
-        ))
-        .await;
+        let deadline = (attempt_started + timeout).into();
+        let outcome =
+            std::pin::pin!(send(&cluster, endpoint, upstream_req, upgrade, deadline)).await;
         let elapsed = attempt_started.elapsed();
         cluster.observe_attempt(elapsed.as_secs_f64());
         attempts_made.push(UpstreamAttempt {
@@ -911,17 +928,17 @@ async fn forward_request(
             start: attempt_started,
             duration: elapsed,
             status: match &outcome {
-                Ok(Ok(response)) => Some(response.status().as_u16()),
+                Ok(response) => Some(response.status().as_u16()),
                 _ => None,
             },
             error: match &outcome {
-                Err(_) => Some("upstream_timeout"),
-                Ok(Err(_)) => Some("upstream_failure"),
-                Ok(Ok(_)) => None,
+                Err(SendFailure::TimedOut) => Some("upstream_timeout"),
+                Err(_) => Some("upstream_failure"),
+                Ok(_) => None,
             },
         });
         match outcome {
-            Err(_) => {
+            Err(SendFailure::TimedOut) => {
                 guard.failure();
                 cluster.count_timeout();
                 last_error = ProxyError::UpstreamTimeout;
@@ -936,16 +953,15 @@ async fn forward_request(
                     break;
                 }
             }
-            Ok(Err(error)) => {
-                let connect = error.connect;
+            Err(SendFailure::Failed { connect, message }) => {
                 guard.failure();
                 if connect {
-                    last_error = ProxyError::UpstreamConnect(error.message);
+                    last_error = ProxyError::UpstreamConnect(message);
                     if replayable.is_none() {
                         break;
                     }
                 } else {
-                    last_error = ProxyError::Upstream(error.message);
+                    last_error = ProxyError::Upstream(message);
                     if !(may_retry_responses
                         && forward.retry.on.contains(&crds::route::RetryOn::Reset))
                     {
@@ -953,7 +969,7 @@ async fn forward_request(
                     }
                 }
             }
-            Ok(Ok(mut response)) => {
+            Ok(mut response) => {
                 let status = response.status();
                 if status.is_server_error() {
                     guard.failure();
@@ -986,10 +1002,14 @@ async fn forward_request(
 }
 
 /// Why an attempt got no response head.
-struct SendFailure {
-    /// The request never reached the upstream.
-    connect: bool,
-    message: String,
+enum SendFailure {
+    /// The attempt's deadline passed first.
+    TimedOut,
+    Failed {
+        /// The request never reached the upstream.
+        connect: bool,
+        message: String,
+    },
 }
 
 /// A request body on its way upstream.
@@ -1009,35 +1029,47 @@ impl From<Outgoing> for UpstreamBody {
     }
 }
 
-/// One attempt at `endpoint`. Plain-text HTTP/1.1 endpoints have their own
-/// pool: a buffered request that asks for no upgrade is exchanged by this
-/// task on the connection (`h1client`), others go through hyper's
-/// connection. HTTPS and HTTP/2 clusters use the generic client.
+/// One attempt at `endpoint`, until `deadline`. Plain-text HTTP/1.1
+/// endpoints have their own pool: a buffered request that asks for no
+/// upgrade is exchanged by this task on the connection (`h1client`, whose
+/// connections keep their timer from one exchange to the next), others go
+/// through hyper's connection. HTTPS and HTTP/2 clusters use the generic
+/// client.
 async fn send(
     cluster: &ClusterRuntime,
     endpoint: usize,
     request: Request<Outgoing>,
     upgrade: bool,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<ResponseBody>, SendFailure> {
-    let failure = |connect: bool, message: String| SendFailure { connect, message };
+    let failed = |connect: bool, message: String| SendFailure::Failed { connect, message };
     // hyper's paths are boxed: their futures are several times the size
     // of the direct exchange's, which every request would carry otherwise.
     let Some(pool) = cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) else {
-        return match Box::pin(cluster.client.request(request.map(UpstreamBody::from))).await {
-            Ok(response) => Ok(response.map(ResponseBody::Hyper)),
-            Err(error) => Err(failure(error.is_connect(), error.to_string())),
+        let sent = Box::pin(cluster.client.request(request.map(UpstreamBody::from)));
+        return match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(response)) => Ok(response.map(ResponseBody::Hyper)),
+            Ok(Err(error)) => Err(failed(error.is_connect(), error.to_string())),
+            Err(_) => Err(SendFailure::TimedOut),
         };
     };
     let (head, body) = request.into_parts();
     let outcome = match body {
         Outgoing::Buffered(bytes) if !upgrade => {
-            std::pin::pin!(pool.send_buffered(&head, &bytes)).await
+            std::pin::pin!(pool.send_buffered(&head, &bytes, deadline)).await
         }
-        body => Box::pin(pool.send(Request::from_parts(head, UpstreamBody::from(body))))
-            .await
-            .map(|response| response.map(ResponseBody::Hyper)),
+        body => {
+            let sent = Box::pin(pool.send(Request::from_parts(head, UpstreamBody::from(body))));
+            match tokio::time::timeout_at(deadline, sent).await {
+                Ok(outcome) => outcome.map(|response| response.map(ResponseBody::Hyper)),
+                Err(_) => return Err(SendFailure::TimedOut),
+            }
+        }
     };
-    outcome.map_err(|error| failure(error.is_connect(), error.to_string()))
+    outcome.map_err(|error| match error.is_timeout() {
+        true => SendFailure::TimedOut,
+        false => failed(error.is_connect(), error.to_string()),
+    })
 }
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
@@ -1165,6 +1197,13 @@ mod tests {
         let root = PathRewrite::ReplacePrefix("/".into());
         assert_eq!(apply_path_rewrite(&root, "/api/items", 4), "/items");
         assert_eq!(apply_path_rewrite(&root, "/api", 4), "/");
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_passes_the_length_filter() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            assert!(hop_by_hop_length(name.as_str().len()), "{name}");
+        }
     }
 
     #[test]

@@ -702,7 +702,14 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     normalize_host_into(raw, &mut buf).map(str::to_string)
 }
 
-fn normalize_host_into<'b>(raw: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+fn normalize_host_into<'a>(raw: &'a str, buf: &'a mut [u8; MAX_HOST_LEN]) -> Option<&'a str> {
+    // The common case, a host the proxy already lowercased and stripped of
+    // its port and final dot: returned as it is, not copied.
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+    if !raw.is_empty() && raw.len() <= MAX_HOST_LEN && !raw.ends_with('.') && raw.bytes().all(plain)
+    {
+        return Some(raw);
+    }
     let raw = raw.trim_matches(|c: char| c == ' ' || c == '\t');
     let host = if raw.starts_with('[') {
         let end = raw.find(']')?;
