@@ -1,12 +1,16 @@
 //! Device classification: which [`DeviceClass`] a request comes from, decided
 //! from its `User-Agent` and `Sec-CH-UA-Mobile` headers.
 //!
-//! Routes can match on the device class (`matches[].devices`) and rate limits
-//! can key on it, so this runs on every such request. It is one pass over at
-//! most [`MAX_UA_BYTES`] bytes of the `User-Agent`, lowercased into a stack
-//! buffer: no allocation, no regex, bounded work however large the header.
-//! Tokens past that prefix are not seen; every real User-Agent puts the
-//! tokens that matter well before it.
+//! Routes can match on the device class (`matches[].devices`), rate limits
+//! can key on it and the metrics count by it, so this runs on every request.
+//! It is one pass of an Aho-Corasick automaton (ASCII case-insensitive, all
+//! tokens at once) over at most [`MAX_UA_BYTES`] bytes of the `User-Agent`:
+//! no allocation, no copy, a few instructions per byte, bounded work however
+//! large the header. (The first version tried every token starting with each
+//! byte: about 12,800 instructions for a desktop Chrome User-Agent, a third
+//! of a proxied request's whole user-space work; the automaton is kept
+//! equivalent to it by a property test.) Tokens past that prefix are not
+//! seen; every real User-Agent puts the tokens that matter well before it.
 //!
 //! # Rules, in order (first that applies wins)
 //!
@@ -75,6 +79,8 @@
 //!   a routing and fairness hint, never an authorization decision.
 
 use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 use crds::DeviceClass;
 
@@ -269,9 +275,58 @@ pub fn classify(user_agent: Option<&[u8]>, sec_ch_ua_mobile: Option<&[u8]>) -> D
     DeviceClass::Desktop
 }
 
-/// One pass over the first [`MAX_UA_BYTES`] bytes; returns the set of
-/// [`Hint`] bits seen. Stops early at the first bot token, since bot wins.
+/// All of [`TOKENS`], matched at once and case-insensitively; pattern `i`
+/// is `TOKENS[i]`. `None` only if the automaton could not be built (it
+/// always can: a hundred short patterns), and then [`scan_each`] is used.
+static MATCHER: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(TOKENS.iter().map(|token| token.text))
+        .ok()
+});
+
+/// The set of [`Hint`] bits whose tokens occur in the first
+/// [`MAX_UA_BYTES`] bytes. Stops at the first bot token, since bot wins.
 fn scan(user_agent: &[u8]) -> u8 {
+    let Some(matcher) = MATCHER.as_ref() else {
+        return scan_each(user_agent);
+    };
+    let ua = &user_agent[..user_agent.len().min(MAX_UA_BYTES)];
+    let mut flags = 0u8;
+    for found in matcher.find_overlapping_iter(ua) {
+        let Some(token) = TOKENS.get(found.pattern().as_usize()) else {
+            continue;
+        };
+        if in_context(ua, found.start(), found.end(), token) {
+            flags |= token.hint.bit();
+            if matches!(token.hint, Hint::Bot) {
+                return flags;
+            }
+        }
+    }
+    flags
+}
+
+/// Whether a token found at `start..end` is not cancelled by the text
+/// around it (`unless_before` / `unless_after`, ASCII case-insensitive).
+fn in_context(ua: &[u8], start: usize, end: usize, token: &Token) -> bool {
+    let before = &ua[..start];
+    let after = &ua[end..];
+    let cancelled_before = !token.unless_before.is_empty()
+        && before.len() >= token.unless_before.len()
+        && before[before.len() - token.unless_before.len()..]
+            .eq_ignore_ascii_case(token.unless_before);
+    let cancelled_after = !token.unless_after.is_empty()
+        && after.len() >= token.unless_after.len()
+        && after[..token.unless_after.len()].eq_ignore_ascii_case(token.unless_after);
+    !(cancelled_before || cancelled_after)
+}
+
+/// The same as [`scan`], token by token at each byte: the fallback, and
+/// the reference the automaton is tested against.
+fn scan_each(user_agent: &[u8]) -> u8 {
     let mut buf = [0u8; MAX_UA_BYTES];
     let len = user_agent.len().min(MAX_UA_BYTES);
     for (dst, src) in buf.iter_mut().zip(user_agent) {
@@ -554,6 +609,33 @@ mod tests {
             let mut long = prefix.clone();
             long.extend_from_slice(&tail);
             proptest::prop_assert_eq!(classify(Some(&prefix), None), classify(Some(&long), None));
+        }
+
+        /// The automaton finds what trying each token at each byte finds,
+        /// on text made of token pieces, their contexts and noise.
+        #[test]
+        fn the_automaton_agrees_with_the_token_by_token_scan(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(TOKENS.iter().map(|t| t.text.to_vec()).collect::<Vec<_>>()),
+                    proptest::sample::select(vec![
+                        b"cu".to_vec(), b"CU".to_vec(), b" pc".to_vec(), b" PC".to_vec(),
+                        b"Cubot".to_vec(), b"cuBOT".to_vec(), b"Tablet PC".to_vec(),
+                        b"tablet pc".to_vec(), b"tablet p".to_vec(),
+                        b"Mozilla/5.0 (".to_vec(), b"; ".to_vec(), b"/".to_vec(),
+                    ]),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..6),
+                ],
+                0..40,
+            ),
+            upper in proptest::bool::ANY,
+        ) {
+            let mut ua: Vec<u8> = pieces.concat();
+            if upper {
+                ua.make_ascii_uppercase();
+            }
+            proptest::prop_assert!(MATCHER.is_some());
+            proptest::prop_assert_eq!(scan(&ua), scan_each(&ua), "{:?}", String::from_utf8_lossy(&ua));
         }
 
         #[test]
