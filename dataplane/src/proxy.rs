@@ -201,11 +201,14 @@ async fn serve(
             .get("sec-ch-ua-mobile")
             .map(HeaderValue::as_bytes),
     );
-    let path = req.uri().path().to_owned();
+    // The path outlives changes to `req` (auth may rewrite it); a clone of
+    // the URI shares its bytes, where `to_owned` copied them.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let mut query = req.uri().query().map(str::to_owned);
     let view = RequestView {
         host: &host,
-        path: &path,
+        path,
         query: query.as_deref(),
         method: req.method(),
         headers: req.headers(),
@@ -233,7 +236,7 @@ async fn serve(
             conn,
             shared,
             host: &host,
-            path: &path,
+            path,
             device,
             request_id,
         };
@@ -261,7 +264,7 @@ async fn serve(
                 conn.tls,
                 &host,
                 request_port(&req, conn),
-                &path,
+                path,
                 query.as_deref(),
                 prefix_len,
             );
@@ -289,7 +292,7 @@ async fn serve(
                 store: &shared.cache,
                 device,
                 host: &host,
-                path: &path,
+                path,
                 query: query.as_deref(),
                 request_timeout: Duration::from_millis(forward.timeouts.request_ms),
                 request_id,
@@ -310,7 +313,7 @@ async fn serve(
             if let Some(changes) = &route.request_headers {
                 apply_header_changes(req.headers_mut(), changes);
             }
-            let upstream_path = rewritten_path(route, &path, prefix_len);
+            let upstream_path = rewritten_path(route, path, prefix_len);
             if let Some(rewrite) = &route.url_rewrite {
                 if let Some(hostname) = &rewrite.hostname {
                     if let Ok(value) = HeaderValue::from_str(hostname) {
@@ -712,7 +715,12 @@ fn prepare_upstream_headers(
         );
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        if let Ok(value) = HeaderValue::from_str(host) {
+        // Usually the Host field as the client sent it: shared, not copied.
+        let value = match headers.get(header::HOST) {
+            Some(given) if given.as_bytes() == host.as_bytes() => Ok(given.clone()),
+            _ => HeaderValue::from_str(host),
+        };
+        if let Ok(value) = value {
             headers.insert(X_FORWARDED_HOST, value);
         }
     }
