@@ -59,6 +59,27 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name the client asked for.
     pub sni: Option<Arc<str>>,
+    /// The client's address as a header value (X-Forwarded-For), made once
+    /// per connection rather than for every request.
+    pub peer_value: Option<HeaderValue>,
+}
+
+impl ConnInfo {
+    /// A connection from `peer`, arrived on `local`.
+    pub fn new(
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        tls: bool,
+        sni: Option<Arc<str>>,
+    ) -> Self {
+        ConnInfo {
+            peer,
+            local,
+            tls,
+            sni,
+            peer_value: ip_header_value(peer.ip()).ok(),
+        }
+    }
 }
 
 /// What the phases learn about a request, for later phases, metrics and
@@ -703,7 +724,10 @@ fn prepare_upstream_headers(
     let client_ip = conn.peer.ip();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if trusted => HeaderValue::from_str(&format!("{existing}, {client_ip}")),
-        _ => ip_header_value(client_ip),
+        _ => match &conn.peer_value {
+            Some(value) => Ok(value.clone()),
+            None => ip_header_value(client_ip),
+        },
     };
     if let Ok(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);

@@ -337,12 +337,7 @@ async fn serve_connection(
         let Some(h2) = sniff_h2c(&stream, timeout).await else {
             return;
         };
-        let info = Arc::new(ConnInfo {
-            peer,
-            local,
-            tls: false,
-            sni: None,
-        });
+        let info = Arc::new(ConnInfo::new(peer, local, false, None));
         std::pin::pin!(builders.serve(stream, h2, info, shared, shutdown)).await;
         return;
     }
@@ -366,12 +361,7 @@ async fn serve_connection(
         .server_name()
         .map(|name| Arc::<str>::from(name.to_ascii_lowercase()));
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let info = Arc::new(ConnInfo {
-        peer,
-        local,
-        tls: true,
-        sni,
-    });
+    let info = Arc::new(ConnInfo::new(peer, local, true, sni));
     std::pin::pin!(builders.serve(stream, h2, info, shared, shutdown)).await;
 }
 
@@ -407,12 +397,7 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         let request = proxy::handle(
             http::Request::new(RequestBody::Empty),
-            Arc::new(ConnInfo {
-                peer,
-                local: None,
-                tls: false,
-                sni: None,
-            }),
+            Arc::new(ConnInfo::new(peer, None, false, None)),
             shared,
         );
         let request_size = std::mem::size_of_val(&request);
