@@ -636,7 +636,15 @@ mod tests {
                 ua.make_ascii_uppercase();
             }
             proptest::prop_assert!(MATCHER.is_some());
-            proptest::prop_assert_eq!(scan(&ua), scan_each(&ua), "{:?}", String::from_utf8_lossy(&ua));
+            // Both stop at a bot token, which decides alone; what else each
+            // saw before it may differ with the order the matches come in.
+            let (fast, each) = (scan(&ua), scan_each(&ua));
+            let bot = Hint::Bot.bit();
+            if fast & bot != 0 || each & bot != 0 {
+                proptest::prop_assert_eq!(fast & bot, each & bot, "{:?}", String::from_utf8_lossy(&ua));
+            } else {
+                proptest::prop_assert_eq!(fast, each, "{:?}", String::from_utf8_lossy(&ua));
+            }
         }
 
         #[test]
