@@ -739,12 +739,7 @@ fn prepare_upstream_headers(
         );
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        // Usually the Host field as the client sent it: shared, not copied.
-        let value = match headers.get(header::HOST) {
-            Some(given) if given.as_bytes() == host.as_bytes() => Ok(given.clone()),
-            _ => HeaderValue::from_str(host),
-        };
-        if let Ok(value) = value {
+        if let Some(value) = forwarded_host(headers, host) {
             headers.insert(X_FORWARDED_HOST, value);
         }
     }
@@ -759,6 +754,15 @@ fn prepare_upstream_headers(
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, value);
         }
+    }
+}
+
+/// The X-Forwarded-Host value for the normalized `host`: usually the Host
+/// field as the client sent it, shared rather than copied.
+fn forwarded_host(headers: &HeaderMap, host: &str) -> Option<HeaderValue> {
+    match headers.get(header::HOST) {
+        Some(given) if given.as_bytes() == host.as_bytes() => Some(given.clone()),
+        _ => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -1219,6 +1223,26 @@ mod tests {
         let root = PathRewrite::ReplacePrefix("/".into());
         assert_eq!(apply_path_rewrite(&root, "/api/items", 4), "/items");
         assert_eq!(apply_path_rewrite(&root, "/api", 4), "/");
+    }
+
+    #[test]
+    fn forwarded_host_shares_the_clients_host_only_when_it_is_the_normalized_one() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("shop.test"));
+        let given = headers[header::HOST].as_bytes().as_ptr();
+        let shared = forwarded_host(&headers, "shop.test").expect("value");
+        assert_eq!(shared, "shop.test");
+        assert_eq!(shared.as_bytes().as_ptr(), given, "copied, not shared");
+        headers.insert(header::HOST, HeaderValue::from_static("Shop.Test:8080"));
+        assert_eq!(
+            forwarded_host(&headers, "shop.test").expect("value"),
+            "shop.test"
+        );
+        headers.remove(header::HOST);
+        assert_eq!(
+            forwarded_host(&headers, "shop.test").expect("value"),
+            "shop.test"
+        );
     }
 
     #[test]
