@@ -105,12 +105,13 @@ def main():
     print(f"{per_request:,.0f} instructions per request (user space, {args.requests} "
           f"requests, User-Agent: {ua})")
     print("largest inclusive shares (functions of the binary and libc):")
+    binary_name = os.path.basename(args.binary)
     shown = 0
     for line in report.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S+?):(.+?) \[(.+)\]$", line)
         if shown >= args.top:
             break
-        if not m or not (m.group(5).endswith("ferrogate") or "libc" in m.group(5)):
+        if not m or not (m.group(5).endswith(binary_name) or "libc" in m.group(5)):
             continue
         count = int(m.group(1).replace(",", "")) / args.requests
         function = m.group(4)

@@ -34,6 +34,7 @@ pub mod filters;
 pub mod h1client;
 pub mod h1server;
 pub mod health;
+pub mod ids;
 pub mod metrics;
 pub mod observe;
 pub mod persist;

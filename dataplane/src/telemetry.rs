@@ -76,7 +76,7 @@ impl TraceContext {
                 tracestate: headers.get(TRACESTATE).cloned(),
             };
         }
-        let mut trace_id = rand::random::<[u8; 16]>();
+        let mut trace_id = crate::ids::random::<[u8; 16]>();
         if trace_id == [0; 16] {
             trace_id[15] = 1;
         }
@@ -84,7 +84,7 @@ impl TraceContext {
             trace_id,
             parent: None,
             span_id: new_span_id(),
-            sampled: sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample),
+            sampled: sample >= 1.0 || (sample > 0.0 && crate::ids::random::<f64>() < sample),
             tracestate: None,
         }
     }
@@ -121,7 +121,7 @@ impl TraceContext {
 
 /// A new random, non-zero span id.
 pub fn new_span_id() -> [u8; 8] {
-    let mut id = rand::random::<[u8; 8]>();
+    let mut id = crate::ids::random::<[u8; 8]>();
     if id == [0; 8] {
         id[7] = 1;
     }
