@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use smallvec::SmallVec;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -182,9 +183,15 @@ impl Connection {
             .await
         };
         self.timer = Some(timer);
-        let (status, version, mut headers) = head_read?;
+        let parsed = head_read?;
         let head_request = head.method == Method::HEAD;
-        let (kind, keep_alive) = framing(status, version, head_request, &headers)?;
+        let (kind, keep_alive) = framing(&parsed, head_request)?;
+        let ResponseHead {
+            status,
+            version,
+            mut headers,
+            ..
+        } = parsed;
         if matches!(kind, BodyKind::Chunked | BodyKind::UntilClose) {
             // The length is ours to set again (or to leave to the client
             // side's chunking); a Content-Length beside chunking is void.
@@ -226,7 +233,7 @@ impl Connection {
         &mut self,
         head: &request::Parts,
         body: &Bytes,
-    ) -> Result<(StatusCode, Version, HeaderMap), ExchangeError> {
+    ) -> Result<ResponseHead, ExchangeError> {
         let reused = self.reused;
         self.reused = true;
         let mut out = std::mem::take(&mut self.write);
@@ -266,8 +273,8 @@ impl Connection {
         let mut received = false;
         loop {
             match parse_head(&mut self.read)? {
-                Some((status, _, _)) if status.is_informational() => {
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                Some(parsed) if parsed.status.is_informational() => {
+                    if parsed.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(ProtocolError::UnexpectedUpgrade.into());
                     }
                     continue;
@@ -392,9 +399,7 @@ impl Digits {
 
 /// Parses a response head at the start of `buf`. When complete, its bytes
 /// are taken out of `buf`; `None` means more bytes are needed.
-pub fn parse_head(
-    buf: &mut BytesMut,
-) -> Result<Option<(StatusCode, Version, HeaderMap)>, ProtocolError> {
+pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -420,10 +425,17 @@ pub fn parse_head(
     };
     // Header values are slices of the head's bytes, not copies.
     let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(response.headers.len());
+    let mut spans: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
+    let mut connection = ConnectionField::default();
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| ProtocolError::Head(format!("invalid header name {:?}", field.name)))?;
+        // `Connection` is about this connection only: read here, never
+        // passed on.
+        if name == header::CONNECTION {
+            connection.note(field.value);
+            continue;
+        }
         let start = field.value.as_ptr() as usize - base;
         spans.push((name, start, start + field.value.len()));
     }
@@ -435,7 +447,58 @@ pub fn parse_head(
             .map_err(|_| ProtocolError::Head(format!("invalid value of header {name}")))?;
         headers.append(name, value);
     }
-    Ok(Some((status, version, headers)))
+    // The fields it names are this connection's too.
+    for name in &connection.listed {
+        headers.remove(name);
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        connection,
+    }))
+}
+
+/// A parsed response head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    /// The fields but `Connection` and those it names.
+    pub headers: HeaderMap,
+    pub connection: ConnectionField,
+}
+
+/// What a response's `Connection` fields said.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnectionField {
+    /// `close` was listed.
+    pub close: bool,
+    /// `keep-alive` was listed.
+    pub keep_alive: bool,
+    /// Other fields it named, to be removed (hop-by-hop); `upgrade` is
+    /// among them only if listed.
+    pub listed: Vec<HeaderName>,
+}
+
+impl ConnectionField {
+    /// Takes in one `Connection` value. Items that are not field names
+    /// are ignored.
+    pub fn note(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                self.listed.push(name);
+            }
+        }
+    }
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
@@ -453,22 +516,17 @@ pub enum BodyKind {
 
 /// The body framing of a response, and whether the connection can carry
 /// another request afterwards.
-pub fn framing(
-    status: StatusCode,
-    version: Version,
-    head_request: bool,
-    headers: &HeaderMap,
-) -> Result<(BodyKind, bool), ProtocolError> {
+pub fn framing(head: &ResponseHead, head_request: bool) -> Result<(BodyKind, bool), ProtocolError> {
+    let ResponseHead {
+        status,
+        version,
+        ref headers,
+        ref connection,
+    } = *head;
     let mut keep_alive = version == Version::HTTP_11;
-    let connection = |token| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|value| has_token(value.as_bytes(), token))
-    };
-    if connection("close") {
+    if connection.close {
         keep_alive = false;
-    } else if version == Version::HTTP_10 && connection("keep-alive") {
+    } else if version == Version::HTTP_10 && connection.keep_alive {
         keep_alive = true;
     }
     if head_request
@@ -903,18 +961,39 @@ mod tests {
         map
     }
 
+    /// The framing of a response with these fields, through the parser
+    /// (which reads and takes out `Connection`).
     fn frame(
         status: u16,
         version: Version,
         head: bool,
         fields: &[(&str, &str)],
     ) -> Result<(BodyKind, bool), ProtocolError> {
-        framing(
-            StatusCode::from_u16(status).expect("status"),
-            version,
-            head,
-            &headers(fields),
-        )
+        let mut text = format!(
+            "HTTP/1.{} {status} X\r\n",
+            u8::from(version == Version::HTTP_11)
+        );
+        for (name, value) in fields {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        let mut buf = BytesMut::from(text.as_bytes());
+        let parsed = parse_head(&mut buf)?.expect("complete");
+        framing(&parsed, head)
+    }
+
+    #[test]
+    fn connection_is_read_and_taken_out_with_the_fields_it_names() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\nconnection: Close, a b\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut buf).expect("valid").expect("complete");
+        assert!(head.connection.close && head.connection.keep_alive);
+        assert!(!head.headers.contains_key(header::CONNECTION));
+        assert!(!head.headers.contains_key("x-hop"), "named by Connection");
+        assert_eq!(head.headers["x-end"], "2");
+        assert_eq!(head.headers.len(), 2, "{:?}", head.headers);
+        assert_eq!(framing(&head, false), Ok((BodyKind::Empty, false)));
     }
 
     #[test]
@@ -1047,10 +1126,10 @@ mod tests {
         );
         assert_eq!(parse_head(&mut buf), Ok(None));
         buf.extend_from_slice(b"\r\n\r\nhi");
-        let (status, version, fields) = parse_head(&mut buf).expect("valid").expect("complete");
-        assert_eq!(status, StatusCode::CREATED);
-        assert_eq!(version, Version::HTTP_11);
-        let values: Vec<_> = fields.get_all("x-a").iter().collect();
+        let parsed = parse_head(&mut buf).expect("valid").expect("complete");
+        assert_eq!(parsed.status, StatusCode::CREATED);
+        assert_eq!(parsed.version, Version::HTTP_11);
+        let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
         assert_eq!(values, ["one", "two"]);
         assert_eq!(&buf[..], b"hi", "the body stays in the buffer");
 

@@ -35,6 +35,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
+use smallvec::SmallVec;
 use std::future::Future;
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -173,7 +174,7 @@ fn parse(buf: &mut BytesMut, max_headers: usize, max_head: usize) -> Head {
     };
     let target = span(target.as_bytes());
     let mut keep = true;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
+    let mut fields: SmallVec<[(HeaderName, (usize, usize)); 16]> = SmallVec::new();
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Head::HandOff;

@@ -331,7 +331,8 @@ async fn serve(
                 }
                 return Ok(unread(req, response));
             }
-            prepare_upstream_headers(&mut req, conn, shared, &host, id);
+            let upgrade = is_upgrade(&req);
+            prepare_upstream_headers(&mut req, conn, shared, &host, id, upgrade);
             if let Some(changes) = &route.request_headers {
                 apply_header_changes(req.headers_mut(), changes);
             }
@@ -360,6 +361,7 @@ async fn serve(
                             &upstream_path,
                             query.as_deref(),
                             trace.as_ref(),
+                            upgrade,
                             attempts,
                         )
                     },
@@ -376,6 +378,7 @@ async fn serve(
                     &upstream_path,
                     query.as_deref(),
                     trace.as_ref(),
+                    upgrade,
                     attempts,
                 ))
                 .await
@@ -714,15 +717,17 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|v| crate::h1client::has_token(v.as_bytes(), "upgrade"))
 }
 
-/// X-Forwarded-*, request id, hop-by-hop removal.
+/// X-Forwarded-*, request id, hop-by-hop removal. `upgrade`: the client
+/// asks for a protocol upgrade (`is_upgrade`, read before the hop-by-hop
+/// fields go).
 fn prepare_upstream_headers(
     req: &mut Request<RequestBody>,
     conn: &ConnInfo,
     shared: &Shared,
     host: &str,
     request_id: &HeaderValue,
+    upgrade: bool,
 ) {
-    let upgrade = is_upgrade(req);
     let trusted = shared.config.trusts(conn.peer.ip());
     let headers = req.headers_mut();
     // Room for the fields added below and by tracing, in one growth.
@@ -856,6 +861,7 @@ async fn forward_request(
     path: &str,
     query: Option<&str>,
     trace: Option<&crate::telemetry::TraceContext>,
+    upgrade: bool,
     attempts_made: &mut Vec<UpstreamAttempt>,
 ) -> Result<Response<Body>, ProxyError> {
     let Some(cluster) = runtime.pick_backend() else {
@@ -864,7 +870,6 @@ async fn forward_request(
     let started = Instant::now();
     let request_deadline = Duration::from_millis(forward.timeouts.request_ms);
     let attempt_timeout = Duration::from_millis(forward.timeouts.backend_request_ms);
-    let upgrade = is_upgrade(&req);
 
     let (mut parts, body) = req.into_parts();
     let client_upgrade = if upgrade {
