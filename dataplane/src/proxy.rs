@@ -101,7 +101,7 @@ pub struct RequestInfo {
     /// Cache result, when the rule caches.
     pub cache: Option<crate::metrics::CacheResult>,
     /// Upstream attempts (forwarding) or part calls (aggregate), in order.
-    pub attempts: Vec<UpstreamAttempt>,
+    pub attempts: Attempts,
     /// Error code when Ferrogate answered with an error.
     pub error: Option<&'static str>,
 }
@@ -114,6 +114,9 @@ impl RequestInfo {
         }
     }
 }
+
+/// A request's upstream attempts: usually one, kept inline.
+pub type Attempts = smallvec::SmallVec<[UpstreamAttempt; 1]>;
 
 /// One upstream attempt or aggregate part call, for logs and traces.
 pub struct UpstreamAttempt {
@@ -202,15 +205,16 @@ async fn serve(
     info: &mut RequestInfo,
 ) -> Result<Response<Body>, ProxyError> {
     let request_id = id.to_str().unwrap_or_default();
-    let Some(host) = request_host(&req) else {
+    let Some(host_value) = request_host(&req) else {
         return Err(unread(
             req,
             ProxyError::BadRequest("missing or invalid host"),
         ));
     };
+    let host = host_value.as_str();
     if conn.tls {
         if let Some(sni) = conn.sni.as_deref() {
-            if !table.same_certificate(sni, &host) {
+            if !table.same_certificate(sni, host) {
                 return Err(unread(req, ProxyError::Misdirected));
             }
         }
@@ -229,7 +233,7 @@ async fn serve(
     let path = uri.path();
     let mut query = req.uri().query().map(str::to_owned);
     let view = RequestView {
-        host: &host,
+        host,
         path,
         query: query.as_deref(),
         method: req.method(),
@@ -247,7 +251,7 @@ async fn serve(
     info.route_index = Some(found.entry.global_index());
 
     if !conn.tls && route.https_redirect {
-        let response = https_redirect(&host, req.uri(), shared.config.https_redirect_port);
+        let response = https_redirect(host, req.uri(), shared.config.https_redirect_port);
         return Ok(unread(req, response));
     }
 
@@ -257,7 +261,7 @@ async fn serve(
         let ctx = crate::auth::PhaseContext {
             conn,
             shared,
-            host: &host,
+            host,
             path,
             device,
             request_id,
@@ -284,7 +288,7 @@ async fn serve(
             let response = redirect_response(
                 redirect,
                 conn.tls,
-                &host,
+                host,
                 request_port(&req, conn),
                 path,
                 query.as_deref(),
@@ -313,7 +317,7 @@ async fn serve(
                 runtime,
                 store: &shared.cache,
                 device,
-                host: &host,
+                host,
                 path,
                 query: query.as_deref(),
                 request_timeout: Duration::from_millis(forward.timeouts.request_ms),
@@ -332,7 +336,7 @@ async fn serve(
                 return Ok(unread(req, response));
             }
             let upgrade = is_upgrade(&req);
-            prepare_upstream_headers(&mut req, conn, shared, &host, id, upgrade);
+            prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade);
             if let Some(changes) = &route.request_headers {
                 apply_header_changes(req.headers_mut(), changes);
             }
@@ -451,12 +455,23 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the
 /// `Host` header, lowercased, without port.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<RequestHost> {
     let parsed: http::uri::Authority;
     let raw = match req.uri().authority() {
         Some(authority) => authority.host(),
         None => {
-            let value = req.headers().get(header::HOST)?.to_str().ok()?;
+            let given = req.headers().get(header::HOST)?;
+            // Usually the field already is the normalized host: shared,
+            // not copied.
+            let normal = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+            let bytes = given.as_bytes();
+            if bytes.first().is_some_and(normal)
+                && bytes.iter().all(|b| normal(b) || *b == b'.')
+                && !bytes.ends_with(b".")
+            {
+                return Some(RequestHost::Shared(given.clone()));
+            }
+            let value = given.to_str().ok()?;
             match plain_host(value) {
                 Some(host) => host,
                 None => {
@@ -470,7 +485,24 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     if host.is_empty() {
         None
     } else {
-        Some(host)
+        Some(RequestHost::Owned(host))
+    }
+}
+
+/// A request's normalized host.
+enum RequestHost {
+    /// The `Host` field's own value.
+    Shared(HeaderValue),
+    Owned(String),
+}
+
+impl RequestHost {
+    fn as_str(&self) -> &str {
+        match self {
+            // Checked to be lowercase letters, digits, '-' and '.'.
+            RequestHost::Shared(value) => value.to_str().unwrap_or_default(),
+            RequestHost::Owned(host) => host,
+        }
     }
 }
 
@@ -862,7 +894,7 @@ async fn forward_request(
     query: Option<&str>,
     trace: Option<&crate::telemetry::TraceContext>,
     upgrade: bool,
-    attempts_made: &mut Vec<UpstreamAttempt>,
+    attempts_made: &mut Attempts,
 ) -> Result<Response<Body>, ProxyError> {
     let Some(cluster) = runtime.pick_backend() else {
         return Err(unread(req, ProxyError::BackendUnavailable));
@@ -1426,6 +1458,33 @@ mod tests {
                 assert_eq!(got, expected, "{prefix:?} {path} {query:?}");
             }
         }
+    }
+
+    #[test]
+    fn request_hosts_are_normalized_and_shared_when_already_normal() {
+        let host_of = |value: &'static str| {
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert(header::HOST, HeaderValue::from_static(value));
+            request_host(&req).map(|host| {
+                let shared = matches!(host, RequestHost::Shared(_));
+                (host.as_str().to_owned(), shared)
+            })
+        };
+        assert_eq!(host_of("shop.test"), Some(("shop.test".into(), true)));
+        assert_eq!(host_of("10.0.0.1"), Some(("10.0.0.1".into(), true)));
+        assert_eq!(host_of("Shop.Test:8080"), Some(("shop.test".into(), false)));
+        assert_eq!(host_of("shop.test."), Some(("shop.test".into(), false)));
+        assert_eq!(host_of("[::1]:443"), Some(("[::1]".into(), false)));
+        assert_eq!(host_of(".shop.test"), Some((".shop.test".into(), false)));
+        assert_eq!(host_of(""), None);
+        assert_eq!(host_of("."), None);
+        let mut absolute = Request::new(());
+        *absolute.uri_mut() = "http://API.test:81/x".parse().expect("uri");
+        assert_eq!(
+            request_host(&absolute).map(|h| h.as_str().to_owned()),
+            Some("api.test".into())
+        );
     }
 
     #[test]
