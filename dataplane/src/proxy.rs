@@ -855,20 +855,18 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn client_hash<B>(req: &Request<B>, conn: &ConnInfo, key: &snapshot::model::HashKey) -> u64 {
+fn client_hash(headers: &HeaderMap, conn: &ConnInfo, key: &snapshot::model::HashKey) -> u64 {
     use snapshot::model::HashKey;
     match key {
         HashKey::ClientIp => match conn.peer.ip() {
             IpAddr::V4(v4) => crate::balance::stable_hash(&v4.octets()),
             IpAddr::V6(v6) => crate::balance::stable_hash(&v6.octets()),
         },
-        HashKey::Header(name) => req
-            .headers()
+        HashKey::Header(name) => headers
             .get(name.as_str())
             .map(|v| crate::balance::stable_hash(v.as_bytes()))
             .unwrap_or(0),
-        HashKey::Cookie(name) => req
-            .headers()
+        HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -965,17 +963,9 @@ async fn forward_request(
             (None, Some(body)) => Outgoing::Streamed(body),
             (None, None) => break,
         };
-        // The last attempt takes the request head; earlier ones send a copy
-        // (a HeaderMap clone allocates for every header value).
-        let head = if attempt + 1 < attempts {
-            parts.clone()
-        } else {
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        let mut upstream_req = Request::from_parts(head, body);
         let hash = match &cluster.config.load_balancer {
             snapshot::model::LoadBalancerPolicy::ConsistentHash(key) => {
-                Some(client_hash(&upstream_req, conn, key))
+                Some(client_hash(&parts.headers, conn, key))
             }
             _ => None,
         };
@@ -984,11 +974,13 @@ async fn forward_request(
             break;
         };
         tried = Some(endpoint);
-        *upstream_req.uri_mut() = cluster.uri(endpoint, path, query)?;
-        *upstream_req.version_mut() = http::Version::HTTP_11;
+        // The head is set up for this attempt in place (each attempt
+        // overwrites what the one before set).
+        parts.uri = cluster.uri(endpoint, path, query)?;
+        parts.version = http::Version::HTTP_11;
         let span_id = crate::telemetry::new_span_id();
         if let Some(trace) = trace {
-            trace.inject(upstream_req.headers_mut(), &span_id);
+            trace.inject(&mut parts.headers, &span_id);
         }
         // After a retry's backoff, the attempt starts now.
         let attempt_started = if attempt > 0 { Instant::now() } else { now };
@@ -998,8 +990,11 @@ async fn forward_request(
             request_deadline.saturating_sub(attempt_started.saturating_duration_since(started));
         let timeout = attempt_timeout.min(remaining);
         let deadline = (attempt_started + timeout).into();
-        let outcome =
-            std::pin::pin!(send(&cluster, endpoint, upstream_req, upgrade, deadline)).await;
+        let last = attempt + 1 == attempts;
+        let outcome = std::pin::pin!(send(
+            &cluster, endpoint, &mut parts, body, last, upgrade, deadline
+        ))
+        .await;
         let elapsed = attempt_started.elapsed();
         cluster.observe_attempt(elapsed.as_secs_f64());
         attempts_made.push(UpstreamAttempt {
@@ -1110,37 +1105,47 @@ impl From<Outgoing> for UpstreamBody {
     }
 }
 
-/// One attempt at `endpoint`, until `deadline`. Plain-text HTTP/1.1
-/// endpoints have their own pool: a buffered request that asks for no
-/// upgrade is exchanged by this task on the connection (`h1client`, whose
-/// connections keep their timer from one exchange to the next), others go
+/// One attempt at `endpoint`, until `deadline`, with the request head
+/// `head`. Plain-text HTTP/1.1 endpoints have their own pool: a buffered
+/// request that asks for no upgrade is exchanged by this task on the
+/// connection (`h1client`, whose connections keep their timer from one
+/// exchange to the next; it reads the head where it is), others go
 /// through hyper's connection. HTTPS and HTTP/2 clusters use the generic
-/// client.
+/// client. hyper takes a head of its own: the `last` attempt's is taken,
+/// earlier ones get a copy (a HeaderMap clone allocates for every value).
+#[allow(clippy::too_many_arguments)]
 async fn send(
     cluster: &ClusterRuntime,
     endpoint: usize,
-    request: Request<Outgoing>,
+    head: &mut http::request::Parts,
+    body: Outgoing,
+    last: bool,
     upgrade: bool,
     deadline: tokio::time::Instant,
 ) -> Result<Response<ResponseBody>, SendFailure> {
     let failed = |connect: bool, message: String| SendFailure::Failed { connect, message };
+    let owned = |head: &mut http::request::Parts| match last {
+        true => std::mem::replace(head, Request::new(()).into_parts().0),
+        false => head.clone(),
+    };
     // hyper's paths are boxed: their futures are several times the size
     // of the direct exchange's, which every request would carry otherwise.
     let Some(pool) = cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) else {
-        let sent = Box::pin(cluster.client.request(request.map(UpstreamBody::from)));
+        let request = Request::from_parts(owned(head), UpstreamBody::from(body));
+        let sent = Box::pin(cluster.client.request(request));
         return match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => Ok(response.map(ResponseBody::Hyper)),
             Ok(Err(error)) => Err(failed(error.is_connect(), error.to_string())),
             Err(_) => Err(SendFailure::TimedOut),
         };
     };
-    let (head, body) = request.into_parts();
     let outcome = match body {
         Outgoing::Buffered(bytes) if !upgrade => {
-            std::pin::pin!(pool.send_buffered(&head, &bytes, deadline)).await
+            std::pin::pin!(pool.send_buffered(head, &bytes, deadline)).await
         }
         body => {
-            let sent = Box::pin(pool.send(Request::from_parts(head, UpstreamBody::from(body))));
+            let request = Request::from_parts(owned(head), UpstreamBody::from(body));
+            let sent = Box::pin(pool.send(request));
             match tokio::time::timeout_at(deadline, sent).await {
                 Ok(outcome) => outcome.map(|response| response.map(ResponseBody::Hyper)),
                 Err(_) => return Err(SendFailure::TimedOut),
