@@ -609,7 +609,12 @@ fn table_tier(count: usize) -> usize {
 
 /// The smallest prime >= `n` (trial division; `n` is at most ~1M).
 fn next_prime(n: usize) -> usize {
-    let is_prime = |k: usize| k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| k % d != 0);
+    let is_prime = |k: usize| {
+        k >= 2
+            && (2..)
+                .take_while(|d| d * d <= k)
+                .all(|d| !k.is_multiple_of(d))
+    };
     (n.max(2)..).find(|&k| is_prime(k)).unwrap_or(n)
 }
 

@@ -118,7 +118,7 @@ where
         let method = request.method().clone();
         // On the heap for the time of the request: inline, its 5 KB would
         // stay resident with every idle keep-alive connection.
-        let handled = Box::pin(proxy::handle(request, info.clone(), shared.clone()));
+        let handled = boxed!(proxy::handle(request, info.clone(), shared.clone()));
         let response = match handled.await {
             Ok(response) => response,
             Err(never) => match never {},

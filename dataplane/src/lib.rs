@@ -19,6 +19,16 @@
 //! - The admin listener serves `/healthz`, `/readyz`, `/config`,
 //!   `/metrics`.
 
+/// `Box::pin($future)`, with the allocation made before the future, so
+/// that the future can be built in it: `Box::pin(f())` builds it on the
+/// stack and then copies all of its bytes (the size of its largest state,
+/// kilobytes for the request path) into the box.
+macro_rules! boxed {
+    ($future:expr) => {
+        Box::into_pin(Box::write(Box::new_uninit(), $future))
+    };
+}
+
 pub mod accesslog;
 pub mod admin;
 pub mod aggregate;

@@ -269,15 +269,14 @@ async fn serve(
         // The phases' futures are boxed: they are large, and a route
         // without them should not carry their room in every request.
         let identity = match &runtime.auth {
-            Some(auth) => match Box::pin(auth.phase(&ctx, &mut req, &mut query, info)).await {
+            Some(auth) => match boxed!(auth.phase(&ctx, &mut req, &mut query, info)).await {
                 Ok(identity) => identity,
                 Err(refusal) => return Ok(unread(req, refusal.map(full))),
             },
             None => None,
         };
         if let Some(limits) = &runtime.limits {
-            if let Err(refusal) = Box::pin(limits.phase(&ctx, &req, identity.as_ref(), info)).await
-            {
+            if let Err(refusal) = boxed!(limits.phase(&ctx, &req, identity.as_ref(), info)).await {
                 return Ok(unread(req, refusal.map(full)));
             }
         }
@@ -298,7 +297,7 @@ async fn serve(
         }
         Action::DirectResponse(direct) => Ok(unread(req, direct_response(direct, route))),
         Action::Aggregate(aggregate) => {
-            let mut response = Box::pin(crate::aggregate::serve(
+            let mut response = boxed!(crate::aggregate::serve(
                 aggregate,
                 req.headers(),
                 runtime,
@@ -326,7 +325,7 @@ async fn serve(
             // A fresh cache hit needs nothing prepared for the upstream.
             let cached = route.cache.is_some();
             let hit = match cached {
-                true => Box::pin(crate::filters::fresh_hit(&filtered, &req, &mut info.cache)).await,
+                true => boxed!(crate::filters::fresh_hit(&filtered, &req, &mut info.cache)).await,
                 false => None,
             };
             if let Some(mut response) = hit {
@@ -352,7 +351,7 @@ async fn serve(
             // Attempts go straight into `info` (at most 11: below its cap).
             let attempts = &mut info.attempts;
             let result = if cached || runtime.trimmer.is_some() {
-                Box::pin(crate::filters::forward(
+                boxed!(crate::filters::forward(
                     filtered,
                     req,
                     &mut info.cache,
@@ -1132,7 +1131,7 @@ async fn send(
     // of the direct exchange's, which every request would carry otherwise.
     let Some(pool) = cluster.pools.as_ref().and_then(|pools| pools.get(endpoint)) else {
         let request = Request::from_parts(owned(head), UpstreamBody::from(body));
-        let sent = Box::pin(cluster.client.request(request));
+        let sent = boxed!(cluster.client.request(request));
         return match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => Ok(response.map(ResponseBody::Hyper)),
             Ok(Err(error)) => Err(failed(error.is_connect(), error.to_string())),
@@ -1145,7 +1144,7 @@ async fn send(
         }
         body => {
             let request = Request::from_parts(owned(head), UpstreamBody::from(body));
-            let sent = Box::pin(pool.send(request));
+            let sent = boxed!(pool.send(request));
             match tokio::time::timeout_at(deadline, sent).await {
                 Ok(outcome) => outcome.map(|response| response.map(ResponseBody::Hyper)),
                 Err(_) => return Err(SendFailure::TimedOut),
