@@ -186,12 +186,7 @@ impl Connection {
         let parsed = head_read?;
         let head_request = head.method == Method::HEAD;
         let (kind, keep_alive) = framing(&parsed, head_request)?;
-        let ResponseHead {
-            status,
-            version,
-            mut headers,
-            ..
-        } = parsed;
+        let (status, version, mut headers) = parsed.into_parts();
         if matches!(kind, BodyKind::Chunked | BodyKind::UntilClose) {
             // The length is ours to set again (or to leave to the client
             // side's chunking); a Content-Length beside chunking is void.
@@ -447,10 +442,6 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolEr
             .map_err(|_| ProtocolError::Head(format!("invalid value of header {name}")))?;
         headers.append(name, value);
     }
-    // The fields it names are this connection's too.
-    for name in &connection.listed {
-        headers.remove(name);
-    }
     Ok(Some(ResponseHead {
         status,
         version,
@@ -464,9 +455,23 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolEr
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    /// The fields but `Connection` and those it names.
+    /// The fields but `Connection`.
     pub headers: HeaderMap,
     pub connection: ConnectionField,
+}
+
+impl ResponseHead {
+    /// The head to pass on: without the fields `Connection` named, which
+    /// are this connection's too. Taken out only after the framing was
+    /// read, so that a `Connection` naming a framing field cannot change
+    /// how the body is delimited.
+    pub fn into_parts(self) -> (StatusCode, Version, HeaderMap) {
+        let mut headers = self.headers;
+        for name in &self.connection.listed {
+            headers.remove(name);
+        }
+        (self.status, self.version, headers)
+    }
 }
 
 /// What a response's `Connection` fields said.
@@ -990,10 +995,19 @@ mod tests {
         let head = parse_head(&mut buf).expect("valid").expect("complete");
         assert!(head.connection.close && head.connection.keep_alive);
         assert!(!head.headers.contains_key(header::CONNECTION));
-        assert!(!head.headers.contains_key("x-hop"), "named by Connection");
-        assert_eq!(head.headers["x-end"], "2");
-        assert_eq!(head.headers.len(), 2, "{:?}", head.headers);
         assert_eq!(framing(&head, false), Ok((BodyKind::Empty, false)));
+        let (_, _, headers) = head.into_parts();
+        assert!(!headers.contains_key("x-hop"), "named by Connection");
+        assert_eq!(headers["x-end"], "2");
+        assert_eq!(headers.len(), 2, "{headers:?}");
+
+        // A Connection naming a framing field does not change the framing.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 3\r\n\r\nabc"[..],
+        );
+        let head = parse_head(&mut buf).expect("valid").expect("complete");
+        assert_eq!(framing(&head, false), Ok((BodyKind::Length(3), true)));
+        assert!(!head.into_parts().2.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
