@@ -131,7 +131,7 @@ fn host_requests(n: usize) -> Vec<(String, String)> {
     (0..4096)
         .map(|k| {
             let i = (k * 7919) % n;
-            let host = if i % 2 == 0 {
+            let host = if i.is_multiple_of(2) {
                 format!("H{i}.example.com:443")
             } else {
                 format!("app.w{i}.example.com")
@@ -145,7 +145,7 @@ fn route_requests(n: usize) -> Vec<(String, String)> {
     (0..4096)
         .map(|k| {
             let i = (k * 7919) % n.saturating_sub(1).max(1);
-            let path = if i % 2 == 0 {
+            let path = if i.is_multiple_of(2) {
                 format!("/svc{i}/status")
             } else {
                 format!("/svc{i}/api/items/7")
