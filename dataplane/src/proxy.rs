@@ -695,22 +695,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         has_upgrade |= name == header::UPGRADE;
     }
     if has_connection {
-        let mut listed = Vec::new();
+        // `keep-alive` and `close` are options, not fields; `Connection`
+        // itself goes below.
+        let mut connection = crate::h1client::ConnectionField::default();
         for value in headers.get_all(header::CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                // `keep-alive` (what upstreams usually list) goes below
-                // anyway.
-                if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
-                    continue;
-                }
-                match HeaderName::from_bytes(token) {
-                    Ok(name) if !(upgrade && name == header::UPGRADE) => listed.push(name),
-                    _ => {}
-                }
-            }
+            connection.note(value.as_bytes());
         }
-        for name in listed {
+        for name in connection.listed {
+            if upgrade && name == header::UPGRADE {
+                continue;
+            }
             has_upgrade &= name != header::UPGRADE;
             headers.remove(name);
         }
@@ -1322,6 +1316,16 @@ mod tests {
         assert!(!headers.contains_key("keep-alive"));
         assert_eq!(headers["te"], "trailers");
         assert!(headers.contains_key("x-kept"));
+
+        // An upgrade keeps `Upgrade` even when `Connection` lists it.
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("Upgrade, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+        assert!(!headers.contains_key("x-secret"));
     }
 
     #[test]
