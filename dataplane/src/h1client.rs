@@ -436,7 +436,7 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolEr
     }
     let head = buf.split_to(len).freeze();
     // The proxy adds a field or two (x-request-id, rate-limit fields).
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    let mut headers = crate::headermaps::take(spans.len() + 2);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| ProtocolError::Head(format!("invalid value of header {name}")))?;

@@ -203,9 +203,9 @@ fn parse(buf: &mut BytesMut, max_headers: usize, max_head: usize) -> Head {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    let headers = request.headers_mut();
     // The proxy adds a few fields (x-forwarded-*, x-request-id, traceparent).
-    headers.reserve(fields.len() + 6);
+    let headers = request.headers_mut();
+    *headers = crate::headermaps::take(fields.len() + 6);
     for (name, (start, end)) in fields {
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
             return hand_back(buf, head);
@@ -325,6 +325,7 @@ where
     let (parts, mut body) = response.into_parts();
     out.clear();
     let (mut framing, mut keep) = encode_head(out, method, &parts, &body, closing);
+    crate::headermaps::give(parts.headers);
     if framing == Framing::None {
         drop(body);
         return io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep;

@@ -43,6 +43,7 @@ pub mod error;
 pub mod filters;
 pub mod h1client;
 pub mod h1server;
+mod headermaps;
 pub mod health;
 pub mod ids;
 pub mod metrics;

@@ -36,6 +36,7 @@ use snapshot::model::{
     Action, DirectResponse, Forward, HeaderChanges, PathRewrite, Redirect, Route,
 };
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -153,246 +154,259 @@ fn full(bytes: Bytes) -> Body {
 }
 
 /// Serves one request. Never fails: errors become responses here.
-pub async fn handle(
+///
+/// Written as a function returning an `async move` block rather than an
+/// `async fn`: an `async fn` moves its arguments into locals and its future
+/// keeps both copies (the 264-byte request twice). The block uses the
+/// captured arguments where they are. The same holds for `serve`.
+pub fn handle(
     req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-) -> Result<Response<Body>, Infallible> {
-    let table = shared.table.load_full();
-    let id = request_id(req.headers());
-    // Visible ASCII, checked or made by `request_id`.
-    let request_id = id.to_str().unwrap_or_default();
-    let mut info = RequestInfo::default();
-    let started = crate::observe::Started::now(&req, &shared, &mut info);
-    // The futures on the way to the upstream are awaited pinned in place
-    // (`pin!`): `f(..).await` keeps the moved-from temporary of `f`'s future
-    // in the caller's state next to the one awaited, so every level of
-    // async calls doubled the size of everything below it. Awaited as
-    // temporaries, this future was 17.8 KB (the connection task's 81 KB),
-    // copied at each level for every request; pinned, it is 6 KB.
-    let result = {
-        let served = std::pin::pin!(serve(req, &conn, &shared, &table, &id, &mut info));
-        served.await
-    };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            if matches!(error.blame(), crate::error::Blame::Upstream) {
-                tracing::debug!(%error, request_id = %request_id, "upstream error");
+) -> impl Future<Output = Result<Response<Body>, Infallible>> {
+    async move {
+        let table = shared.table.load_full();
+        let id = request_id(req.headers());
+        // Visible ASCII, checked or made by `request_id`.
+        let request_id = id.to_str().unwrap_or_default();
+        let mut info = RequestInfo::default();
+        let started = crate::observe::Started::now(&req, &shared, &mut info);
+        // The futures on the way to the upstream are awaited pinned in place
+        // (`pin!`): `f(..).await` keeps the moved-from temporary of `f`'s future
+        // in the caller's state next to the one awaited, so every level of
+        // async calls doubled the size of everything below it. Awaited as
+        // temporaries, this future was 17.8 KB (the connection task's 81 KB),
+        // copied at each level for every request; pinned, it is 6 KB.
+        let result = {
+            let served = std::pin::pin!(serve(req, &conn, &shared, &table, &id, &mut info));
+            served.await
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                if matches!(error.blame(), crate::error::Blame::Upstream) {
+                    tracing::debug!(%error, request_id = %request_id, "upstream error");
+                }
+                info.error = Some(error.code());
+                error.to_response(request_id).map(full)
             }
-            info.error = Some(error.code());
-            error.to_response(request_id).map(full)
+        };
+        response.headers_mut().insert(X_REQUEST_ID, id.clone());
+        if let Some((policy, limit)) = info.rate_limit.as_ref().and_then(|r| r.headers.as_ref()) {
+            response
+                .headers_mut()
+                .insert("ratelimit-policy", policy.clone());
+            response.headers_mut().insert("ratelimit", limit.clone());
         }
-    };
-    response.headers_mut().insert(X_REQUEST_ID, id.clone());
-    if let Some((policy, limit)) = info.rate_limit.as_ref().and_then(|r| r.headers.as_ref()) {
-        response
-            .headers_mut()
-            .insert("ratelimit-policy", policy.clone());
-        response.headers_mut().insert("ratelimit", limit.clone());
+        table.count_request(info.route_index, response.status());
+        crate::observe::finish(&shared, &table, started, &info, request_id, &mut response);
+        Ok(response)
     }
-    table.count_request(info.route_index, response.status());
-    crate::observe::finish(&shared, &table, started, &info, request_id, &mut response);
-    Ok(response)
 }
 
-async fn serve(
+fn serve<'a>(
     mut req: Request<RequestBody>,
-    conn: &ConnInfo,
-    shared: &Shared,
-    table: &Table,
-    id: &HeaderValue,
-    info: &mut RequestInfo,
-) -> Result<Response<Body>, ProxyError> {
-    let request_id = id.to_str().unwrap_or_default();
-    let Some(host_value) = request_host(&req) else {
-        return Err(unread(
-            req,
-            ProxyError::BadRequest("missing or invalid host"),
-        ));
-    };
-    let host = host_value.as_str();
-    if conn.tls {
-        if let Some(sni) = conn.sni.as_deref() {
-            if !table.same_certificate(sni, host) {
-                return Err(unread(req, ProxyError::Misdirected));
+    conn: &'a ConnInfo,
+    shared: &'a Shared,
+    table: &'a Table,
+    id: &'a HeaderValue,
+    info: &'a mut RequestInfo,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + 'a {
+    async move {
+        let request_id = id.to_str().unwrap_or_default();
+        let Some(host_value) = request_host(&req) else {
+            return Err(unread(
+                req,
+                ProxyError::BadRequest("missing or invalid host"),
+            ));
+        };
+        let host = host_value.as_str();
+        if conn.tls {
+            if let Some(sni) = conn.sni.as_deref() {
+                if !table.same_certificate(sni, host) {
+                    return Err(unread(req, ProxyError::Misdirected));
+                }
             }
         }
-    }
-    let device = device::classify(
-        req.headers()
-            .get(header::USER_AGENT)
-            .map(HeaderValue::as_bytes),
-        req.headers()
-            .get("sec-ch-ua-mobile")
-            .map(HeaderValue::as_bytes),
-    );
-    // The path outlives changes to `req` (auth may rewrite it); a clone of
-    // the URI shares its bytes, where `to_owned` copied them.
-    let uri = req.uri().clone();
-    let path = uri.path();
-    let mut query = req.uri().query().map(str::to_owned);
-    let view = RequestView {
-        host,
-        path,
-        query: query.as_deref(),
-        method: req.method(),
-        headers: req.headers(),
-        device,
-    };
-    let found = match table.router.find(&view) {
-        crate::router::Match::Found(found) => found,
-        _ => return Err(unread(req, ProxyError::NoRoute)),
-    };
-    let route: &Route = found.entry.route();
-    let prefix_len = found.prefix_len;
-    let runtime = table.route_runtime(found.entry.global_index());
-    info.device = Some(device);
-    info.route_index = Some(found.entry.global_index());
-
-    if !conn.tls && route.https_redirect {
-        let response = https_redirect(host, req.uri(), shared.config.https_redirect_port);
-        return Ok(unread(req, response));
-    }
-
-    // Authenticate -> authorize -> rate limit (`crate::auth`,
-    // `crate::ratelimit`): a refused request never reaches the upstream.
-    if runtime.auth.is_some() || runtime.limits.is_some() {
-        let ctx = crate::auth::PhaseContext {
-            conn,
-            shared,
+        let device = device::classify(
+            req.headers()
+                .get(header::USER_AGENT)
+                .map(HeaderValue::as_bytes),
+            req.headers()
+                .get("sec-ch-ua-mobile")
+                .map(HeaderValue::as_bytes),
+        );
+        // The path outlives changes to `req` (auth may rewrite it); a clone of
+        // the URI shares its bytes, where `to_owned` copied them.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let mut query = req.uri().query().map(str::to_owned);
+        let view = RequestView {
             host,
             path,
+            query: query.as_deref(),
+            method: req.method(),
+            headers: req.headers(),
             device,
-            request_id,
         };
-        // The phases' futures are boxed: they are large, and a route
-        // without them should not carry their room in every request.
-        let identity = match &runtime.auth {
-            Some(auth) => match boxed!(auth.phase(&ctx, &mut req, &mut query, info)).await {
-                Ok(identity) => identity,
-                Err(refusal) => return Ok(unread(req, refusal.map(full))),
-            },
-            None => None,
+        let found = match table.router.find(&view) {
+            crate::router::Match::Found(found) => found,
+            _ => return Err(unread(req, ProxyError::NoRoute)),
         };
-        if let Some(limits) = &runtime.limits {
-            if let Err(refusal) = boxed!(limits.phase(&ctx, &req, identity.as_ref(), info)).await {
-                return Ok(unread(req, refusal.map(full)));
-            }
-        }
-    }
+        let route: &Route = found.entry.route();
+        let prefix_len = found.prefix_len;
+        let runtime = table.route_runtime(found.entry.global_index());
+        info.device = Some(device);
+        info.route_index = Some(found.entry.global_index());
 
-    match &route.action {
-        Action::Redirect(redirect) => {
-            let response = redirect_response(
-                redirect,
-                conn.tls,
+        if !conn.tls && route.https_redirect {
+            let response = https_redirect(host, req.uri(), shared.config.https_redirect_port);
+            return Ok(unread(req, response));
+        }
+
+        // Authenticate -> authorize -> rate limit (`crate::auth`,
+        // `crate::ratelimit`): a refused request never reaches the upstream.
+        if runtime.auth.is_some() || runtime.limits.is_some() {
+            let ctx = crate::auth::PhaseContext {
+                conn,
+                shared,
                 host,
-                request_port(&req, conn),
                 path,
-                query.as_deref(),
-                prefix_len,
-            );
-            Ok(unread(req, response))
-        }
-        Action::DirectResponse(direct) => Ok(unread(req, direct_response(direct, route))),
-        Action::Aggregate(aggregate) => {
-            let mut response = boxed!(crate::aggregate::serve(
-                aggregate,
-                req.headers(),
-                runtime,
-                request_id,
-                info,
-            ))
-            .await;
-            if let Some(changes) = &route.response_headers {
-                apply_header_changes(response.headers_mut(), changes);
-            }
-            Ok(unread(req, response))
-        }
-        Action::Forward(forward) => {
-            let filtered = crate::filters::Filtered {
-                route,
-                runtime,
-                store: &shared.cache,
                 device,
-                host,
-                path,
-                query: query.as_deref(),
-                request_timeout: Duration::from_millis(forward.timeouts.request_ms),
                 request_id,
             };
-            // A fresh cache hit needs nothing prepared for the upstream.
-            let cached = route.cache.is_some();
-            let hit = match cached {
-                true => boxed!(crate::filters::fresh_hit(&filtered, &req, &mut info.cache)).await,
-                false => None,
+            // The phases' futures are boxed: they are large, and a route
+            // without them should not carry their room in every request.
+            let identity = match &runtime.auth {
+                Some(auth) => match boxed!(auth.phase(&ctx, &mut req, &mut query, info)).await {
+                    Ok(identity) => identity,
+                    Err(refusal) => return Ok(unread(req, refusal.map(full))),
+                },
+                None => None,
             };
-            if let Some(mut response) = hit {
+            if let Some(limits) = &runtime.limits {
+                if let Err(refusal) =
+                    boxed!(limits.phase(&ctx, &req, identity.as_ref(), info)).await
+                {
+                    return Ok(unread(req, refusal.map(full)));
+                }
+            }
+        }
+
+        match &route.action {
+            Action::Redirect(redirect) => {
+                let response = redirect_response(
+                    redirect,
+                    conn.tls,
+                    host,
+                    request_port(&req, conn),
+                    path,
+                    query.as_deref(),
+                    prefix_len,
+                );
+                Ok(unread(req, response))
+            }
+            Action::DirectResponse(direct) => Ok(unread(req, direct_response(direct, route))),
+            Action::Aggregate(aggregate) => {
+                let mut response = boxed!(crate::aggregate::serve(
+                    aggregate,
+                    req.headers(),
+                    runtime,
+                    request_id,
+                    info,
+                ))
+                .await;
                 if let Some(changes) = &route.response_headers {
                     apply_header_changes(response.headers_mut(), changes);
                 }
-                return Ok(unread(req, response));
+                Ok(unread(req, response))
             }
-            let upgrade = is_upgrade(&req);
-            prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade);
-            if let Some(changes) = &route.request_headers {
-                apply_header_changes(req.headers_mut(), changes);
-            }
-            let upstream_path = rewritten_path(route, path, prefix_len);
-            if let Some(rewrite) = &route.url_rewrite {
-                if let Some(hostname) = &rewrite.hostname {
-                    if let Ok(value) = HeaderValue::from_str(hostname) {
-                        req.headers_mut().insert(header::HOST, value);
+            Action::Forward(forward) => {
+                let filtered = crate::filters::Filtered {
+                    route,
+                    runtime,
+                    store: &shared.cache,
+                    device,
+                    host,
+                    path,
+                    query: query.as_deref(),
+                    request_timeout: Duration::from_millis(forward.timeouts.request_ms),
+                    request_id,
+                };
+                // A fresh cache hit needs nothing prepared for the upstream.
+                let cached = route.cache.is_some();
+                let hit = match cached {
+                    true => {
+                        boxed!(crate::filters::fresh_hit(&filtered, &req, &mut info.cache)).await
+                    }
+                    false => None,
+                };
+                if let Some(mut response) = hit {
+                    if let Some(changes) = &route.response_headers {
+                        apply_header_changes(response.headers_mut(), changes);
+                    }
+                    return Ok(unread(req, response));
+                }
+                let upgrade = is_upgrade(&req);
+                prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade);
+                if let Some(changes) = &route.request_headers {
+                    apply_header_changes(req.headers_mut(), changes);
+                }
+                let upstream_path = rewritten_path(route, path, prefix_len);
+                if let Some(rewrite) = &route.url_rewrite {
+                    if let Some(hostname) = &rewrite.hostname {
+                        if let Ok(value) = HeaderValue::from_str(hostname) {
+                            req.headers_mut().insert(header::HOST, value);
+                        }
                     }
                 }
+                let trace = info.trace.clone();
+                // Attempts go straight into `info` (at most 11: below its cap).
+                let attempts = &mut info.attempts;
+                let result = if cached || runtime.trimmer.is_some() {
+                    boxed!(crate::filters::forward(
+                        filtered,
+                        req,
+                        &mut info.cache,
+                        |req| {
+                            forward_request(
+                                req,
+                                forward,
+                                runtime,
+                                conn,
+                                &upstream_path,
+                                query.as_deref(),
+                                trace.as_ref(),
+                                upgrade,
+                                attempts,
+                            )
+                        },
+                    ))
+                    .await
+                } else {
+                    // Without a cache or a transform the filters have nothing
+                    // to do with the response.
+                    std::pin::pin!(forward_request(
+                        req,
+                        forward,
+                        runtime,
+                        conn,
+                        &upstream_path,
+                        query.as_deref(),
+                        trace.as_ref(),
+                        upgrade,
+                        attempts,
+                    ))
+                    .await
+                };
+                let mut response = result?;
+                let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(response.headers_mut(), upgraded);
+                if let Some(changes) = &route.response_headers {
+                    apply_header_changes(response.headers_mut(), changes);
+                }
+                Ok(response)
             }
-            let trace = info.trace.clone();
-            // Attempts go straight into `info` (at most 11: below its cap).
-            let attempts = &mut info.attempts;
-            let result = if cached || runtime.trimmer.is_some() {
-                boxed!(crate::filters::forward(
-                    filtered,
-                    req,
-                    &mut info.cache,
-                    |req| {
-                        forward_request(
-                            req,
-                            forward,
-                            runtime,
-                            conn,
-                            &upstream_path,
-                            query.as_deref(),
-                            trace.as_ref(),
-                            upgrade,
-                            attempts,
-                        )
-                    },
-                ))
-                .await
-            } else {
-                // Without a cache or a transform the filters have nothing
-                // to do with the response.
-                std::pin::pin!(forward_request(
-                    req,
-                    forward,
-                    runtime,
-                    conn,
-                    &upstream_path,
-                    query.as_deref(),
-                    trace.as_ref(),
-                    upgrade,
-                    attempts,
-                ))
-                .await
-            };
-            let mut response = result?;
-            let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            strip_hop_by_hop(response.headers_mut(), upgraded);
-            if let Some(changes) = &route.response_headers {
-                apply_header_changes(response.headers_mut(), changes);
-            }
-            Ok(response)
         }
     }
 }
@@ -1059,6 +1073,8 @@ async fn forward_request(
                     }
                     return Ok(response.map(|_| full(Bytes::new())));
                 }
+                // The head has been sent for the last time.
+                crate::headermaps::give(std::mem::take(&mut parts.headers));
                 return Ok(response.map(Either::Left));
             }
         }
