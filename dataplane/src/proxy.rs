@@ -159,6 +159,7 @@ fn full(bytes: Bytes) -> Body {
 /// `async fn`: an `async fn` moves its arguments into locals and its future
 /// keeps both copies (the 264-byte request twice). The block uses the
 /// captured arguments where they are. The same holds for `serve`.
+#[allow(clippy::manual_async_fn)]
 pub fn handle(
     req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
@@ -204,6 +205,7 @@ pub fn handle(
     }
 }
 
+#[allow(clippy::manual_async_fn)] // see `handle`
 fn serve<'a>(
     mut req: Request<RequestBody>,
     conn: &'a ConnInfo,
