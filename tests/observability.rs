@@ -303,7 +303,8 @@ async fn access_log_sampling_and_off() {
 }
 
 /// The client's trace continues to the upstream with a new parent span;
-/// without one, a new trace starts; tracestate passes unchanged.
+/// without one, a new trace starts; tracestate passes unchanged with the
+/// client's trace and is dropped with a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_context_reaches_the_upstream() {
     let upstream = echo().await;
@@ -338,15 +339,22 @@ async fn trace_context_reaches_the_upstream() {
     assert_ne!(parts[1], "0".repeat(32));
     assert_eq!(parts[2].len(), 16);
 
-    // An invalid traceparent is replaced, not passed on.
+    // An invalid traceparent is replaced, not passed on, and the
+    // tracestate of that unknown trace is dropped.
     let answer = client
-        .get("obs.test", "/a", &[("traceparent", "garbage")])
+        .get(
+            "obs.test",
+            "/a",
+            &[("traceparent", "garbage"), ("tracestate", "vendor=2")],
+        )
         .await;
-    let sent = answer.json()["headers"]["traceparent"]
+    let headers = &answer.json()["headers"];
+    let sent = headers["traceparent"]
         .as_str()
         .expect("traceparent")
         .to_owned();
     assert_eq!(sent.len(), 55);
+    assert!(headers.get("tracestate").is_none(), "{headers}");
 }
 
 /// With an OTLP endpoint, spans of sampled requests reach the collector

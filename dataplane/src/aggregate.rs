@@ -236,6 +236,9 @@ async fn call(
     }
     out.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     let span_id = crate::telemetry::new_span_id();
+    // A forwarded `tracestate` belongs to the client's trace, which the
+    // part continues only if `inject` sets it again.
+    out.remove(crate::telemetry::TRACESTATE);
     if let Some(trace) = trace {
         trace.inject(out, &span_id);
     }

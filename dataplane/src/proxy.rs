@@ -773,7 +773,20 @@ fn prepare_upstream_headers(
     let headers = req.headers_mut();
     // Room for the fields added below and by tracing, in one growth.
     headers.reserve(6);
+    // One look at the client's names for the fields removed below: a
+    // removal hashes the name and probes the map even when the field is
+    // absent, as these nearly always are.
+    let (mut expect, mut tracestate) = (false, false);
+    for name in headers.keys() {
+        expect |= name == header::EXPECT;
+        tracestate |= name == crate::telemetry::TRACESTATE;
+    }
     strip_hop_by_hop(headers, upgrade);
+    // The client's `tracestate` goes back in only with its own trace
+    // (`TraceContext::inject`).
+    if tracestate {
+        headers.remove(crate::telemetry::TRACESTATE);
+    }
     let client_ip = conn.peer.ip();
     // A client's X-Forwarded-For is read only when the client is trusted;
     // otherwise the insert replaces it.
@@ -813,7 +826,9 @@ fn prepare_upstream_headers(
     // The gateway answers `Expect: 100-continue` itself (hyper sends the
     // 100 when the body is first read) and sends the body right after the
     // head, so the expectation is not passed on.
-    headers.remove(header::EXPECT);
+    if expect {
+        headers.remove(header::EXPECT);
+    }
     if !has_host {
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, value);

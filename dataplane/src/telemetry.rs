@@ -94,8 +94,12 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
-    /// Sets `traceparent` (naming `span_id` as the parent) and
-    /// `tracestate` on an outgoing request.
+    /// Sets `traceparent` (naming `span_id` as the parent) on an outgoing
+    /// request, and the client's `tracestate` when this continues the
+    /// client's trace. A `tracestate` already in `headers` is the caller's
+    /// to remove (it belongs to no trace of ours): the proxy removes the
+    /// client's while it prepares the upstream head, where it sees whether
+    /// there is one without a lookup.
     pub fn inject(&self, headers: &mut HeaderMap, span_id: &[u8; 8]) {
         // `00-{trace id}-{span id}-{flags}`, written in place: this runs for
         // every upstream attempt.
@@ -108,13 +112,8 @@ impl TraceContext {
         if let Ok(value) = HeaderValue::from_bytes(&text) {
             headers.insert(TRACEPARENT, value);
         }
-        match &self.tracestate {
-            Some(state) => {
-                headers.insert(TRACESTATE, state.clone());
-            }
-            None => {
-                headers.remove(TRACESTATE);
-            }
+        if let Some(state) = &self.tracestate {
+            headers.insert(TRACESTATE, state.clone());
         }
     }
 }
