@@ -423,7 +423,7 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolEr
     let mut spans: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     let mut connection = ConnectionField::default();
     for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
+        let name = crate::headermaps::name(field.name.as_bytes())
             .map_err(|_| ProtocolError::Head(format!("invalid header name {:?}", field.name)))?;
         // `Connection` is about this connection only: read here, never
         // passed on.

@@ -176,7 +176,7 @@ fn parse(buf: &mut BytesMut, max_headers: usize, max_head: usize) -> Head {
     let mut keep = true;
     let mut fields: SmallVec<[(HeaderName, (usize, usize)); 16]> = SmallVec::new();
     for field in parsed.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+        let Ok(name) = crate::headermaps::name(field.name.as_bytes()) else {
             return Head::HandOff;
         };
         match name {
