@@ -1557,7 +1557,7 @@ mod tests {
 
     #[test]
     fn a_connection_classifies_each_request_as_classify_does() {
-        let conn = ConnInfo::new("127.0.0.1:5000".parse().unwrap(), None, false, None);
+        let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 5000)), None, false, None);
         let desktop = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
                        (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
         let phone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 \
