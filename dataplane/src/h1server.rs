@@ -440,10 +440,19 @@ fn encode_head<B: Body>(
     let body_allowed = !no_content && !head_request;
     let coded = body_allowed && headers.contains_key(header::TRANSFER_ENCODING);
     let exact = body.size_hint().exact();
-    let given = content_length(headers).ok().flatten();
-    if given.is_none() && headers.contains_key(header::CONTENT_LENGTH) && body_allowed {
-        // Conflicting or malformed lengths from the handler: the body's
-        // own framing is written, and the connection ends after it.
+    // A body of known size is framed by that size whatever the field says,
+    // so the field is read only when the size is unknown, or for the
+    // length a HEAD answer announces.
+    let read_field = exact.is_none() || head_request;
+    let given = match read_field {
+        true => content_length(headers).ok().flatten(),
+        false => None,
+    };
+    if read_field && given.is_none() && body_allowed && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        // Conflicting or malformed lengths from the handler and no size
+        // of the body's own: its framing is written (chunked), and the
+        // connection ends after it.
         keep = false;
     }
     let framing = match (body_allowed, coded, exact.or(given)) {
@@ -779,6 +788,23 @@ mod tests {
             head_of(200, &[("transfer-encoding", "gzip")], full(), Method::GET),
             "Chunked true | HTTP/1.1 200 OK|transfer-encoding: gzip, chunked|"
         );
+        // A malformed or conflicting given length: a body of known size is
+        // framed by its size and the connection stays open; without one,
+        // the body goes chunked and the connection ends after it.
+        for given in ["5x", "5, 6"] {
+            assert_eq!(
+                head_of(200, &[("content-length", given)], full(), Method::GET),
+                "Length(5) true | HTTP/1.1 200 OK|content-length: 5|"
+            );
+            let unsized_body = LocalBody::Trailed {
+                data: Some(Bytes::from_static(b"hello")),
+                trailers: None,
+            };
+            assert_eq!(
+                head_of(200, &[("content-length", given)], unsized_body, Method::GET),
+                "Chunked false | HTTP/1.1 200 OK|transfer-encoding: chunked|"
+            );
+        }
         // The answer closes the connection.
         assert_eq!(
             head_of(200, &[("connection", "close")], full(), Method::GET),
