@@ -246,7 +246,7 @@ impl Connection {
         tokio::task::yield_now().await;
         let written = if body.len() <= COALESCE_BODY {
             out.extend_from_slice(body);
-            write_all(&mut self.stream, &out).await
+            self.stream.write_all(&out).await
         } else {
             match self.stream.write_all(&out).await {
                 Ok(()) => self.stream.write_all(body).await,
@@ -291,22 +291,6 @@ impl Connection {
                 Err(error) => return Err(error.into()),
             }
         }
-    }
-}
-
-/// Writes all of `bytes`: first straight to the socket (`try_write`, which
-/// succeeds whenever the socket has room, as it nearly always has for a
-/// request head), and only what is left through the runtime's readiness
-/// machinery (`write_all`: cooperative budget, waker registration).
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    let sent = match stream.try_write(bytes) {
-        Ok(n) => n,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(error) => return Err(error),
-    };
-    match bytes.get(sent..) {
-        Some(rest) if !rest.is_empty() => stream.write_all(rest).await,
-        _ => Ok(()),
     }
 }
 

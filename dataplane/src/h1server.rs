@@ -70,44 +70,6 @@ pub(crate) enum End<IO> {
     HandOff(IO, Bytes),
 }
 
-/// A connection that can take bytes without going through the runtime's
-/// readiness machinery (cooperative budget, waker registration) when its
-/// socket has room: a plain TCP socket, which nearly always has room for
-/// an answer. Others (TLS) say `WouldBlock` and are written with
-/// `write_all`.
-pub(crate) trait TryWrite {
-    /// Writes what the socket takes now, or `WouldBlock`.
-    fn try_write(&self, _bytes: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::WouldBlock.into())
-    }
-}
-
-impl TryWrite for tokio::net::TcpStream {
-    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        tokio::net::TcpStream::try_write(self, bytes)
-    }
-}
-
-impl<IO> TryWrite for tokio_rustls::server::TlsStream<IO> {}
-
-#[cfg(test)]
-impl TryWrite for tokio::io::DuplexStream {}
-
-/// Writes all of `bytes` (straight to the socket when it has room, the
-/// rest with `write_all`) and flushes. Returns whether that worked.
-async fn send_all<IO>(io: &mut IO, bytes: &[u8]) -> bool
-where
-    IO: AsyncWrite + TryWrite + Unpin,
-{
-    let sent = match io.try_write(bytes) {
-        Ok(n) => n,
-        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return false,
-    };
-    let rest = bytes.get(sent..).unwrap_or_default();
-    (rest.is_empty() || io.write_all(rest).await.is_ok()) && io.flush().await.is_ok()
-}
-
 /// A request head read from the client.
 // Returned once per request and taken apart at once: boxing the request
 // would cost an allocation each time.
@@ -131,7 +93,7 @@ pub(crate) async fn serve<IO>(
     stop: &mut Stop<'_>,
 ) -> End<IO>
 where
-    IO: AsyncRead + AsyncWrite + TryWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &shared.config.limits;
     let (max_headers, max_head) = (limits.max_headers, limits.max_header_bytes);
@@ -357,7 +319,7 @@ async fn write_response<IO, B>(
     closing: bool,
 ) -> bool
 where
-    IO: AsyncWrite + TryWrite + Unpin,
+    IO: AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
     let (parts, mut body) = response.into_parts();
@@ -366,7 +328,7 @@ where
     crate::headermaps::give(parts.headers);
     if framing == Framing::None {
         drop(body);
-        return send_all(io, out).await && keep;
+        return io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep;
     }
     loop {
         let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
@@ -436,7 +398,7 @@ where
         Framing::Length(left) if left > 0 => keep = false,
         _ => {}
     }
-    send_all(io, out).await && keep
+    io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep
 }
 
 /// Writes the status line and header fields, with the framing and field

@@ -104,12 +104,7 @@ impl Builders {
         shared: Arc<Shared>,
         mut shutdown: watch::Receiver<bool>,
     ) where
-        IO: tokio::io::AsyncRead
-            + tokio::io::AsyncWrite
-            + h1server::TryWrite
-            + Unpin
-            + Send
-            + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let probe = shutdown.clone();
         let mut stopped = std::pin::pin!(stopped(&mut shutdown));
