@@ -416,44 +416,41 @@ fn serve<'a>(
                         }
                     }
                 }
-                let trace = info.trace.clone();
+                // `send` takes references to these: it is called once, and
+                // its future must not borrow from the closure itself.
+                let trace_context = info.trace.clone();
+                let trace = trace_context.as_ref();
+                let upstream_path = upstream_path.as_str();
+                let query = query.as_deref();
                 // Attempts go straight into `info` (at most 11: below its cap).
                 let attempts = &mut info.attempts;
+                let send = move |req| {
+                    // Moved out, not reborrowed: the closure is called once.
+                    let attempts = attempts;
+                    forward_request(
+                        req,
+                        forward,
+                        runtime,
+                        conn,
+                        upstream_path,
+                        query,
+                        trace,
+                        upgrade,
+                        attempts,
+                    )
+                };
                 let result = if cached || runtime.trimmer.is_some() {
                     boxed!(crate::filters::forward(
                         filtered,
                         req,
                         &mut info.cache,
-                        |req| {
-                            forward_request(
-                                req,
-                                forward,
-                                runtime,
-                                conn,
-                                &upstream_path,
-                                query.as_deref(),
-                                trace.as_ref(),
-                                upgrade,
-                                attempts,
-                            )
-                        },
+                        send
                     ))
                     .await
                 } else {
                     // Without a cache or a transform the filters have nothing
                     // to do with the response.
-                    std::pin::pin!(forward_request(
-                        req,
-                        forward,
-                        runtime,
-                        conn,
-                        &upstream_path,
-                        query.as_deref(),
-                        trace.as_ref(),
-                        upgrade,
-                        attempts,
-                    ))
-                    .await
+                    std::pin::pin!(send(req)).await
                 };
                 let mut response = result?;
                 let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -1591,6 +1588,17 @@ mod tests {
         }
         // The sequence switches between classes, so a stale answer shows.
         assert!(seen.len() >= 3, "{seen:?}");
+
+        // The answer is kept with the values it came from, except for a
+        // User-Agent too long to keep.
+        let kept = |conn: &ConnInfo| {
+            let last = conn.last_device.lock().expect("not poisoned");
+            (last.user_agent.clone(), last.class)
+        };
+        let class = conn.device(Some(phone.as_bytes()), None);
+        assert_eq!(kept(&conn), (Some(phone.as_bytes().to_vec()), Some(class)));
+        conn.device(Some(long.as_bytes()), None);
+        assert_eq!(kept(&conn).1, None);
     }
 
     #[test]
