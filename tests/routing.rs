@@ -203,6 +203,7 @@ async fn filters_and_forwarded_headers() {
     assert_eq!(answer.status, 200, "{answer:?}");
     let seen = answer.json();
     assert_eq!(seen["uri"], "/new/items?x=1");
+    assert_eq!(seen["repeated"], serde_json::json!([]), "{seen}");
     let headers = &seen["headers"];
     assert_eq!(headers["host"], "internal.test");
     assert_eq!(headers["x-env"], "prod");
@@ -262,6 +263,63 @@ async fn filters_and_forwarded_headers() {
     assert!(seen["headers"].get("expect").is_none(), "{out}");
 }
 
+/// A route without header changes or filters: the forwarding fields are
+/// written by the gateway's own upstream client, apart from the client's
+/// fields (`dataplane::forwarded`). Each reaches the upstream once, with
+/// the gateway's value, whatever the client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_replace_the_clients_and_are_sent_once() {
+    let app = upstream("app", Behavior::default()).await;
+    let rules = format!("  - backends: [{{url: \"http://{}\"}}]\n", app.addr);
+    let gateway = Gateway::start(&[("route.yaml", &route("plain", "p.test", &rules))]);
+    let client = Client::new(gateway.http);
+    let client_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let answer = client
+        .send(
+            "GET",
+            "p.test",
+            "/",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("X-Forwarded-Proto", "https"),
+                ("x-forwarded-host", "evil.test"),
+                ("x-request-id", "not sane"),
+                ("traceparent", client_trace),
+                ("tracestate", "vendor=x"),
+                ("x-other", "kept"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = answer.json();
+    let headers = &seen["headers"];
+    assert_eq!(seen["repeated"], serde_json::json!([]), "{seen}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "p.test");
+    assert_eq!(headers["x-other"], "kept");
+    // An id that is not sane is replaced by a new one, the same both ways.
+    let id = answer.headers["x-request-id"].clone();
+    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(headers["x-request-id"], id.as_str());
+    // The client's trace continues: same trace id, the gateway's span as
+    // the parent, the client's tracestate with it.
+    let sent = headers["traceparent"].as_str().expect("traceparent sent");
+    assert_eq!(sent.len(), 55, "{sent}");
+    assert_eq!(&sent[..36], &client_trace[..36]);
+    assert_ne!(&sent[36..52], &client_trace[36..52]);
+    assert_eq!(headers["tracestate"], "vendor=x");
+
+    // A sane client id is kept and sent once.
+    let answer = client
+        .send("GET", "p.test", "/", &[("x-request-id", "client-id-2")])
+        .await;
+    let seen = answer.json();
+    assert_eq!(seen["repeated"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["headers"]["x-request-id"], "client-id-2");
+    assert_eq!(answer.headers["x-request-id"], "client-id-2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_extend_forwarded_for() {
     let app = upstream("app", Behavior::default()).await;
@@ -282,7 +340,9 @@ async fn trusted_proxies_extend_forwarded_for() {
             ],
         )
         .await;
-    let headers = &answer.json()["headers"];
+    let seen = answer.json();
+    let headers = &seen["headers"];
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(seen["repeated"], serde_json::json!([]), "{seen}");
 }

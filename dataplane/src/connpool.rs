@@ -233,6 +233,7 @@ impl EndpointPool {
     pub async fn send_buffered(
         self: &Arc<Self>,
         head: &http::request::Parts,
+        added: &crate::forwarded::Added,
         body: &Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
@@ -242,7 +243,7 @@ impl EndpointPool {
                 break;
             };
             // Pinned in place: see `crate::proxy::handle`.
-            match std::pin::pin!(conn.exchange(head, body, self, deadline)).await {
+            match std::pin::pin!(conn.exchange(head, added, body, self, deadline)).await {
                 Err(ExchangeError::Stale) if repeatable => continue,
                 outcome => return outcome.map_err(SendError::from),
             }
@@ -252,7 +253,7 @@ impl EndpointPool {
             Err(_) => return Err(SendError::Exchange(ExchangeError::TimedOut)),
         };
         Connection::new(stream)
-            .exchange(head, body, self, deadline)
+            .exchange(head, added, body, self, deadline)
             .await
             .map_err(SendError::from)
     }

@@ -27,6 +27,7 @@
 //! that it is tested on bytes alone.
 
 use crate::connpool::EndpointPool;
+use crate::forwarded::Added;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Response, StatusCode, Version};
@@ -158,6 +159,7 @@ impl Connection {
     pub async fn exchange(
         mut self,
         head: &request::Parts,
+        added: &Added,
         body: &Bytes,
         pool: &Arc<EndpointPool>,
         deadline: Instant,
@@ -170,7 +172,7 @@ impl Connection {
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         let head_read = {
-            let mut read = std::pin::pin!(self.send_and_read_head(head, body));
+            let mut read = std::pin::pin!(self.send_and_read_head(head, added, body));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(result) = read.as_mut().poll(cx) {
                     return Poll::Ready(result);
@@ -227,6 +229,7 @@ impl Connection {
     async fn send_and_read_head(
         &mut self,
         head: &request::Parts,
+        added: &Added,
         body: &Bytes,
     ) -> Result<ResponseHead, ExchangeError> {
         let reused = self.reused;
@@ -234,7 +237,7 @@ impl Connection {
         let mut out = std::mem::take(&mut self.write);
         out.clear();
         out.reserve(256 + body.len().min(COALESCE_BODY));
-        encode_request(head, body.len(), &mut out);
+        encode_request(head, added, body.len(), &mut out);
         // Let the other requests that are ready run up to this point first,
         // so that the writes to upstreams leave together at the end of the
         // scheduler's pass. An upstream on the same CPU (a busy node) then
@@ -335,10 +338,10 @@ fn poll_fill(
     }
 }
 
-/// Writes the request line and header fields. The body is `body_len`
-/// bytes sent with a Content-Length; any Content-Length or
+/// Writes the request line and header fields, the `added` ones after the
+/// head's. The body is `body_len` bytes sent with a Content-Length; any Content-Length or
 /// Transfer-Encoding the head has is replaced by that.
-pub fn encode_request(head: &request::Parts, body_len: usize, out: &mut BytesMut) {
+pub fn encode_request(head: &request::Parts, added: &Added, body_len: usize, out: &mut BytesMut) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     match head.uri.path_and_query() {
@@ -355,6 +358,7 @@ pub fn encode_request(head: &request::Parts, body_len: usize, out: &mut BytesMut
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added.encode(out);
     // Methods whose requests are expected to carry content say "0" when
     // they have none; some servers answer 411 otherwise.
     if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
@@ -1168,7 +1172,7 @@ mod tests {
             head.uri = "/p?q=1".parse().expect("uri");
             head.headers = headers(fields);
             let mut out = BytesMut::new();
-            encode_request(&head, len, &mut out);
+            encode_request(&head, &Added::default(), len, &mut out);
             String::from_utf8(out.to_vec()).expect("text")
         };
         assert_eq!(
@@ -1339,13 +1343,23 @@ mod tests {
         let timed = |pool: Arc<EndpointPool>, first: Duration, second: Duration| async move {
             let start = Instant::now();
             let response = pool
-                .send_buffered(&request(Method::GET, "/a"), &Bytes::new(), start + first)
+                .send_buffered(
+                    &request(Method::GET, "/a"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    start + first,
+                )
                 .await
                 .expect("first answer");
             assert_eq!(read(response).await.0, b"ok");
             let start = Instant::now();
             let error = pool
-                .send_buffered(&request(Method::GET, "/b"), &Bytes::new(), start + second)
+                .send_buffered(
+                    &request(Method::GET, "/b"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    start + second,
+                )
                 .await
                 .expect_err("no second answer");
             assert!(error.is_timeout(), "{error}");
@@ -1373,6 +1387,7 @@ mod tests {
         let response = pool
             .send_buffered(
                 &request(Method::GET, "/a"),
+                &Added::default(),
                 &Bytes::new(),
                 Instant::now() + Duration::from_millis(50),
             )
@@ -1384,6 +1399,7 @@ mod tests {
         let error = pool
             .send_buffered(
                 &request(Method::GET, "/b"),
+                &Added::default(),
                 &Bytes::new(),
                 start + Duration::from_millis(300),
             )
@@ -1424,6 +1440,7 @@ mod tests {
             let response = pool
                 .send_buffered(
                     &request(Method::POST, &format!("/r{i}")),
+                    &Added::default(),
                     &Bytes::from_static(b"abc"),
                     later(),
                 )
@@ -1451,18 +1468,33 @@ mod tests {
         let (authority, accepted, _) = scripted(vec![big], None).await;
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         let first = pool
-            .send_buffered(&request(Method::GET, "/a"), &Bytes::new(), later())
+            .send_buffered(
+                &request(Method::GET, "/a"),
+                &Added::default(),
+                &Bytes::new(),
+                later(),
+            )
             .await
             .expect("first");
         let second = pool
-            .send_buffered(&request(Method::GET, "/b"), &Bytes::new(), later())
+            .send_buffered(
+                &request(Method::GET, "/b"),
+                &Added::default(),
+                &Bytes::new(),
+                later(),
+            )
             .await
             .expect("second");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(read(first).await.0.len(), 1_000_000);
         assert_eq!(read(second).await.0.len(), 1_000_000);
         let third = pool
-            .send_buffered(&request(Method::GET, "/c"), &Bytes::new(), later())
+            .send_buffered(
+                &request(Method::GET, "/c"),
+                &Added::default(),
+                &Bytes::new(),
+                later(),
+            )
             .await
             .expect("third");
         assert_eq!(read(third).await.0.len(), 1_000_000);
@@ -1474,9 +1506,14 @@ mod tests {
 
         // A body dropped before its end closes its connection.
         drop(
-            pool.send_buffered(&request(Method::GET, "/d"), &Bytes::new(), later())
-                .await
-                .expect("fourth"),
+            pool.send_buffered(
+                &request(Method::GET, "/d"),
+                &Added::default(),
+                &Bytes::new(),
+                later(),
+            )
+            .await
+            .expect("fourth"),
         );
         assert_eq!(pool.idle_count(), 1);
     }
@@ -1491,7 +1528,12 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..2 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+                .send_buffered(
+                    &request(Method::GET, "/"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    later(),
+                )
                 .await
                 .expect("send");
             assert_eq!(response.status(), StatusCode::OK);
@@ -1515,7 +1557,12 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..2 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+                .send_buffered(
+                    &request(Method::GET, "/"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    later(),
+                )
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"until the end");
@@ -1530,7 +1577,12 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..2 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+                .send_buffered(
+                    &request(Method::GET, "/"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    later(),
+                )
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"ok");
@@ -1549,7 +1601,12 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..3 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+                .send_buffered(
+                    &request(Method::GET, "/"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    later(),
+                )
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"ok");
@@ -1568,7 +1625,12 @@ mod tests {
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         for _ in 0..3 {
             let response = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+                .send_buffered(
+                    &request(Method::GET, "/"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    later(),
+                )
                 .await
                 .expect("send");
             assert_eq!(read(response).await.0, b"ok");
@@ -1594,7 +1656,12 @@ mod tests {
             let (authority, _, _) = scripted(vec![answer], Some(1)).await;
             let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
             let error = pool
-                .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+                .send_buffered(
+                    &request(Method::GET, "/"),
+                    &Added::default(),
+                    &Bytes::new(),
+                    later(),
+                )
                 .await
                 .expect_err("broken");
             assert!(!error.is_connect());
@@ -1611,7 +1678,12 @@ mod tests {
         .await;
         let pool = Pools::default().endpoint(&authority, Duration::from_secs(1));
         let response = pool
-            .send_buffered(&request(Method::GET, "/"), &Bytes::new(), later())
+            .send_buffered(
+                &request(Method::GET, "/"),
+                &Added::default(),
+                &Bytes::new(),
+                later(),
+            )
             .await
             .expect("head");
         let error = response.into_body().collect().await.expect_err("cut short");

@@ -27,6 +27,7 @@
 //! ```
 
 use crate::body::RequestBody;
+use crate::forwarded::X_REQUEST_ID;
 use crate::h1client::{content_length, decimal, has_token, last_token_is};
 use crate::proxy::{self, ConnInfo};
 use crate::server::Stop;
@@ -118,13 +119,10 @@ where
         let method = request.method().clone();
         // On the heap for the time of the request: inline, its 5 KB would
         // stay resident with every idle keep-alive connection.
-        let handled = boxed!(proxy::handle(request, info.clone(), shared.clone()));
-        let response = match handled.await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
+        let handled = boxed!(proxy::respond(request, info.clone(), shared.clone()));
+        let (response, id) = handled.await;
         let closing = !client_keeps || stop.started();
-        let keep = write_response(&mut io, &mut out, &method, response, closing).await;
+        let keep = write_response(&mut io, &mut out, &method, response, Some(&id), closing).await;
         if !keep {
             let _ = io.shutdown().await;
             return End::Closed;
@@ -309,13 +307,15 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `response` to the client. Returns whether the connection can
-/// carry another request.
+/// Writes `response` to the client, with `request_id` as its
+/// `x-request-id`. Returns whether the connection can carry another
+/// request.
 async fn write_response<IO, B>(
     io: &mut IO,
     out: &mut Vec<u8>,
     method: &Method,
     response: Response<B>,
+    request_id: Option<&HeaderValue>,
     closing: bool,
 ) -> bool
 where
@@ -324,7 +324,7 @@ where
 {
     let (parts, mut body) = response.into_parts();
     out.clear();
-    let (mut framing, mut keep) = encode_head(out, method, &parts, &body, closing);
+    let (mut framing, mut keep) = encode_head(out, method, &parts, &body, request_id, closing);
     crate::headermaps::give(parts.headers);
     if framing == Framing::None {
         drop(body);
@@ -409,13 +409,15 @@ where
 /// first given `content-length` field in place; values of `connection`
 /// and `transfer-encoding` are joined on one line; `connection: close` is
 /// added when the connection ends after this answer (`closing`), and
-/// `date` when absent. Returns the framing and whether the connection
-/// can carry another request.
+/// `date` when absent. A `request_id` is written after the map's fields,
+/// in place of any `x-request-id` among them. Returns the framing and
+/// whether the connection can carry another request.
 fn encode_head<B: Body>(
     out: &mut Vec<u8>,
     method: &Method,
     parts: &http::response::Parts,
     body: &B,
+    request_id: Option<&HeaderValue>,
     closing: bool,
 ) -> (Framing, bool) {
     let status = parts.status;
@@ -501,11 +503,17 @@ fn encode_head<B: Body>(
                 continue;
             }
             header::DATE => date = true,
+            ref other if request_id.is_some() && *other == X_REQUEST_ID => continue,
             _ => {}
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(id) = request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if closing && !wrote_connection {
@@ -736,7 +744,7 @@ mod tests {
         }
         let (parts, body) = response.into_parts();
         let mut out = Vec::new();
-        let (framing, keep) = encode_head(&mut out, &method, &parts, &body, closing);
+        let (framing, keep) = encode_head(&mut out, &method, &parts, &body, None, closing);
         (framing, keep, String::from_utf8(out).expect("ASCII"))
     }
 
@@ -746,6 +754,41 @@ mod tests {
         let (framing, keep, text) = encoded(status, fields, body, method, false);
         let text: Vec<&str> = text.lines().filter(|l| !l.starts_with("date: ")).collect();
         format!("{framing:?} {keep} | {}", text.join("|"))
+    }
+
+    #[test]
+    fn the_request_id_is_written_once_after_the_maps_fields() {
+        let mut response = Response::new(LocalBody::full(Bytes::from_static(b"hi")));
+        for (name, value) in [("x-request-id", "upstream"), ("x-a", "1")] {
+            response.headers_mut().append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let (parts, body) = response.into_parts();
+        let id = HeaderValue::from_static("gateway-id");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, &parts, &body, Some(&id), false);
+        let text = String::from_utf8(out).expect("ASCII");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("date: ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "HTTP/1.1 200 OK",
+                "x-a: 1",
+                "x-request-id: gateway-id",
+                "content-length: 2",
+                ""
+            ]
+        );
+        // Without an id the map's field is written as it is.
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, &parts, &body, None, false);
+        let text = String::from_utf8(out).expect("ASCII");
+        assert!(
+            text.contains("\r\nx-request-id: upstream\r\nx-a: 1\r\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -856,6 +899,7 @@ mod tests {
             &mut Vec::new(),
             &Method::GET,
             Response::new(body),
+            None,
             false,
         )
         .await;

@@ -41,6 +41,7 @@ pub mod connpool;
 pub mod device;
 pub mod error;
 pub mod filters;
+pub mod forwarded;
 pub mod h1client;
 pub mod h1server;
 mod headermaps;

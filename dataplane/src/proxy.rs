@@ -22,6 +22,9 @@
 use crate::body::RequestBody;
 use crate::device;
 use crate::error::ProxyError;
+use crate::forwarded::{
+    Added, Field, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use crate::h1client::ResponseBody;
 use crate::router::RequestView;
 use crate::table::{ClusterRuntime, RouteRuntime, Table};
@@ -212,13 +215,32 @@ fn full(bytes: Bytes) -> Body {
 /// Written as a function returning an `async move` block rather than an
 /// `async fn`: an `async fn` moves its arguments into locals and its future
 /// keeps both copies (the 264-byte request twice). The block uses the
-/// captured arguments where they are. The same holds for `serve`.
+/// captured arguments where they are. The same holds for `respond` and
+/// `serve`.
 #[allow(clippy::manual_async_fn)]
 pub fn handle(
     req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> {
+    async move {
+        let (mut response, id) = std::pin::pin!(respond(req, conn, shared)).await;
+        response.headers_mut().insert(X_REQUEST_ID, id);
+        Ok(response)
+    }
+}
+
+/// [`handle`] without the last step: the answer, and the request id that
+/// goes with it as `x-request-id`. The gateway's own HTTP/1.1 path writes
+/// the id as it writes the head, in place of a field of that name in the
+/// map: inserting a name that is not one of the standard ones hashes it
+/// and probes the map for every request (see [`crate::forwarded`]).
+#[allow(clippy::manual_async_fn)] // see `handle`
+pub(crate) fn respond(
+    req: Request<RequestBody>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = (Response<Body>, HeaderValue)> {
     async move {
         let table = shared.table.load_full();
         let id = request_id(req.headers());
@@ -246,7 +268,6 @@ pub fn handle(
                 error.to_response(request_id).map(full)
             }
         };
-        response.headers_mut().insert(X_REQUEST_ID, id.clone());
         if let Some((policy, limit)) = info.rate_limit.as_ref().and_then(|r| r.headers.as_ref()) {
             response
                 .headers_mut()
@@ -255,7 +276,7 @@ pub fn handle(
         }
         table.count_request(info.route_index, response.status());
         crate::observe::finish(&shared, &table, started, &info, request_id, &mut response);
-        Ok(response)
+        (response, id)
     }
 }
 
@@ -404,7 +425,13 @@ fn serve<'a>(
                     return Ok(unread(req, response));
                 }
                 let upgrade = is_upgrade(&req);
-                prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade);
+                let filtered_path = cached || runtime.trimmer.is_some();
+                let mut added = prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade);
+                // Route header changes and the filters see the head as it
+                // goes upstream: the added fields go into the map for them.
+                if route.request_headers.is_some() || filtered_path {
+                    added.move_into(req.headers_mut());
+                }
                 if let Some(changes) = &route.request_headers {
                     apply_header_changes(req.headers_mut(), changes);
                 }
@@ -429,6 +456,7 @@ fn serve<'a>(
                     let attempts = attempts;
                     forward_request(
                         req,
+                        added,
                         forward,
                         runtime,
                         conn,
@@ -439,7 +467,7 @@ fn serve<'a>(
                         attempts,
                     )
                 };
-                let result = if cached || runtime.trimmer.is_some() {
+                let result = if filtered_path {
                     boxed!(crate::filters::forward(
                         filtered,
                         req,
@@ -725,13 +753,6 @@ pub(crate) fn apply_header_changes(headers: &mut HeaderMap, changes: &HeaderChan
     }
 }
 
-// Header names as constants: a `&str` name is parsed (and a custom one
-// allocated) on every use, which showed up in the proxy benchmark.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 // `Trailer` is not here: it is end to end (RFC 9110, 6.6.2), and an
 // HTTP/1.1 server sends only the trailer fields it announces.
 pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
@@ -809,7 +830,11 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|v| crate::h1client::has_token(v.as_bytes(), "upgrade"))
 }
 
-/// X-Forwarded-*, request id, hop-by-hop removal. `upgrade`: the client
+/// Hop-by-hop removal, and the fields the gateway adds: X-Forwarded-*
+/// and the request id, returned apart from the map (see
+/// [`crate::forwarded`]). The client's fields of those names are removed,
+/// except a trusted client's X-Forwarded-Proto and -Host, which are kept
+/// (and its X-Forwarded-For, which is extended). `upgrade`: the client
 /// asks for a protocol upgrade (`is_upgrade`, read before the hop-by-hop
 /// fields go).
 fn prepare_upstream_headers(
@@ -819,36 +844,55 @@ fn prepare_upstream_headers(
     host: &str,
     request_id: &HeaderValue,
     upgrade: bool,
-) {
+) -> Added {
     let trusted = shared.config.trusts(conn.peer.ip());
     let headers = req.headers_mut();
-    // Room for the fields added below and by tracing, in one growth.
-    headers.reserve(6);
-    // One look at the client's names for the fields removed below: a
-    // removal hashes the name and probes the map even when the field is
-    // absent, as these nearly always are.
-    let (mut expect, mut tracestate) = (false, false);
+    // One look at the client's names for the fields replaced or removed
+    // below: a lookup or removal hashes the name and probes the map even
+    // when the field is absent, as these nearly always are.
+    let mut given = Given::default();
     for name in headers.keys() {
-        expect |= name == header::EXPECT;
-        tracestate |= name == crate::telemetry::TRACESTATE;
+        if name == header::EXPECT {
+            given.expect = true;
+        } else if name == crate::telemetry::TRACESTATE {
+            given.tracestate = true;
+        } else if name == crate::telemetry::TRACEPARENT {
+            given.traceparent = true;
+        } else if name == X_FORWARDED_FOR {
+            given.forwarded_for = true;
+        } else if name == X_FORWARDED_PROTO {
+            given.forwarded_proto = true;
+        } else if name == X_FORWARDED_HOST {
+            given.forwarded_host = true;
+        } else if name == X_REQUEST_ID {
+            given.request_id = true;
+        }
     }
     strip_hop_by_hop(headers, upgrade);
-    // The client's `tracestate` goes back in only with its own trace
-    // (`TraceContext::inject`).
-    if tracestate {
+    // The trace fields go upstream for each attempt (`Added::trace`); the
+    // client's `tracestate` only with its own trace.
+    if given.tracestate {
         headers.remove(crate::telemetry::TRACESTATE);
     }
+    if given.traceparent {
+        headers.remove(crate::telemetry::TRACEPARENT);
+    }
+    let mut added = Added::default();
     let client_ip = conn.peer.ip();
     // A client's X-Forwarded-For is read only when the client is trusted;
-    // otherwise the insert replaces it.
-    let existing = match trusted {
-        true => headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .map(|existing| format!("{existing}, {client_ip}")),
+    // otherwise it is replaced.
+    let existing = match given.forwarded_for {
+        true => headers.remove(&X_FORWARDED_FOR),
         false => None,
     };
-    let forwarded_for = match existing {
+    let extended = match (trusted, existing) {
+        (true, Some(existing)) => existing
+            .to_str()
+            .ok()
+            .map(|existing| format!("{existing}, {client_ip}")),
+        _ => None,
+    };
+    let forwarded_for = match extended {
         Some(list) => HeaderValue::from_str(&list),
         None => match &conn.peer_value {
             Some(value) => Ok(value.clone()),
@@ -856,28 +900,36 @@ fn prepare_upstream_headers(
         },
     };
     if let Ok(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
+        added.set(Field::ForwardedFor, value);
     }
-    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
-            X_FORWARDED_PROTO,
+    if !(trusted && given.forwarded_proto) {
+        if given.forwarded_proto {
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        added.set(
+            Field::ForwardedProto,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
     }
     let given_host = headers.get(header::HOST);
     let has_host = given_host.is_some();
-    let forwarded = match trusted && headers.contains_key(&X_FORWARDED_HOST) {
-        true => None,
-        false => forwarded_host(given_host, host),
-    };
-    if let Some(value) = forwarded {
-        headers.insert(X_FORWARDED_HOST, value);
+    if !(trusted && given.forwarded_host) {
+        if let Some(value) = forwarded_host(given_host, host) {
+            added.set(Field::ForwardedHost, value);
+        }
+        if given.forwarded_host {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
-    headers.insert(X_REQUEST_ID, request_id.clone());
+    // The client's id, when `request_id` kept it, is the same value.
+    if given.request_id {
+        headers.remove(&X_REQUEST_ID);
+    }
+    added.set(Field::RequestId, request_id.clone());
     // The gateway answers `Expect: 100-continue` itself (hyper sends the
     // 100 when the body is first read) and sends the body right after the
     // head, so the expectation is not passed on.
-    if expect {
+    if given.expect {
         headers.remove(header::EXPECT);
     }
     if !has_host {
@@ -885,6 +937,20 @@ fn prepare_upstream_headers(
             headers.insert(header::HOST, value);
         }
     }
+    added
+}
+
+/// Which of the fields `prepare_upstream_headers` replaces or removes the
+/// client sent.
+#[derive(Default)]
+struct Given {
+    expect: bool,
+    tracestate: bool,
+    traceparent: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    request_id: bool,
 }
 
 /// The X-Forwarded-Host value for the normalized `host`: usually the Host
@@ -930,7 +996,12 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn client_hash(headers: &HeaderMap, conn: &ConnInfo, key: &snapshot::model::HashKey) -> u64 {
+fn client_hash(
+    headers: &HeaderMap,
+    added: &Added,
+    conn: &ConnInfo,
+    key: &snapshot::model::HashKey,
+) -> u64 {
     use snapshot::model::HashKey;
     match key {
         HashKey::ClientIp => match conn.peer.ip() {
@@ -939,6 +1010,7 @@ fn client_hash(headers: &HeaderMap, conn: &ConnInfo, key: &snapshot::model::Hash
         },
         HashKey::Header(name) => headers
             .get(name.as_str())
+            .or_else(|| added.get(name))
             .map(|v| crate::balance::stable_hash(v.as_bytes()))
             .unwrap_or(0),
         HashKey::Cookie(name) => headers
@@ -960,6 +1032,7 @@ fn client_hash(headers: &HeaderMap, conn: &ConnInfo, key: &snapshot::model::Hash
 #[allow(clippy::too_many_arguments)]
 async fn forward_request(
     req: Request<RequestBody>,
+    mut added: Added,
     forward: &Forward,
     runtime: &RouteRuntime,
     conn: &ConnInfo,
@@ -1040,7 +1113,7 @@ async fn forward_request(
         };
         let hash = match &cluster.config.load_balancer {
             snapshot::model::LoadBalancerPolicy::ConsistentHash(key) => {
-                Some(client_hash(&parts.headers, conn, key))
+                Some(client_hash(&parts.headers, &added, conn, key))
             }
             _ => None,
         };
@@ -1054,9 +1127,7 @@ async fn forward_request(
         parts.uri = cluster.uri(endpoint, path, query)?;
         parts.version = http::Version::HTTP_11;
         let span_id = crate::telemetry::new_span_id();
-        if let Some(trace) = trace {
-            trace.inject(&mut parts.headers, &span_id);
-        }
+        added.trace(trace, &span_id);
         // After a retry's backoff, the attempt starts now.
         let attempt_started = if attempt > 0 { Instant::now() } else { now };
         cluster.count_attempt();
@@ -1067,7 +1138,7 @@ async fn forward_request(
         let deadline = (attempt_started + timeout).into();
         let last = attempt + 1 == attempts;
         let outcome = std::pin::pin!(send(
-            &cluster, endpoint, &mut parts, body, last, upgrade, deadline
+            &cluster, endpoint, &mut parts, &added, body, last, upgrade, deadline
         ))
         .await;
         let elapsed = attempt_started.elapsed();
@@ -1183,7 +1254,7 @@ impl From<Outgoing> for UpstreamBody {
 }
 
 /// One attempt at `endpoint`, until `deadline`, with the request head
-/// `head`. Plain-text HTTP/1.1 endpoints have their own pool: a buffered
+/// `head` and the `added` fields. Plain-text HTTP/1.1 endpoints have their own pool: a buffered
 /// request that asks for no upgrade is exchanged by this task on the
 /// connection (`h1client`, whose connections keep their timer from one
 /// exchange to the next; it reads the head where it is), others go
@@ -1195,15 +1266,20 @@ async fn send(
     cluster: &ClusterRuntime,
     endpoint: usize,
     head: &mut http::request::Parts,
+    added: &Added,
     body: Outgoing,
     last: bool,
     upgrade: bool,
     deadline: tokio::time::Instant,
 ) -> Result<Response<ResponseBody>, SendFailure> {
     let failed = |connect: bool, message: String| SendFailure::Failed { connect, message };
-    let owned = |head: &mut http::request::Parts| match last {
-        true => std::mem::replace(head, Request::new(()).into_parts().0),
-        false => head.clone(),
+    let owned = |head: &mut http::request::Parts| {
+        let mut owned = match last {
+            true => std::mem::replace(head, Request::new(()).into_parts().0),
+            false => head.clone(),
+        };
+        added.insert_into(&mut owned.headers);
+        owned
     };
     // hyper's paths are boxed: their futures are several times the size
     // of the direct exchange's, which every request would carry otherwise.
@@ -1218,7 +1294,7 @@ async fn send(
     };
     let outcome = match body {
         Outgoing::Buffered(bytes) if !upgrade => {
-            std::pin::pin!(pool.send_buffered(head, &bytes, deadline)).await
+            std::pin::pin!(pool.send_buffered(head, added, &bytes, deadline)).await
         }
         body => {
             let request = Request::from_parts(owned(head), UpstreamBody::from(body));

@@ -94,22 +94,26 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
-    /// Sets `traceparent` (naming `span_id` as the parent) on an outgoing
-    /// request, and the client's `tracestate` when this continues the
-    /// client's trace. A `tracestate` already in `headers` is the caller's
-    /// to remove (it belongs to no trace of ours): the proxy removes the
-    /// client's while it prepares the upstream head, where it sees whether
-    /// there is one without a lookup.
-    pub fn inject(&self, headers: &mut HeaderMap, span_id: &[u8; 8]) {
-        // `00-{trace id}-{span id}-{flags}`, written in place: this runs for
-        // every upstream attempt.
-        let mut text = [0u8; 55];
+    /// The `traceparent` value naming `span_id` as the parent:
+    /// `00-{trace id}-{span id}-{flags}`, written in place (this runs for
+    /// every upstream attempt).
+    pub fn traceparent(&self, span_id: &[u8; 8]) -> [u8; crate::forwarded::TRACEPARENT_LEN] {
+        let mut text = [0u8; crate::forwarded::TRACEPARENT_LEN];
         text[..3].copy_from_slice(b"00-");
         hex_into(&self.trace_id, &mut text[3..35]);
         text[35] = b'-';
         hex_into(span_id, &mut text[36..52]);
         text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        if let Ok(value) = HeaderValue::from_bytes(&text) {
+        text
+    }
+
+    /// Sets `traceparent` (naming `span_id` as the parent) on an outgoing
+    /// request, and the client's `tracestate` when this continues the
+    /// client's trace. A `tracestate` already in `headers` is the caller's
+    /// to remove (it belongs to no trace of ours). Forwarded requests
+    /// carry these in [`crate::forwarded::Added`] instead.
+    pub fn inject(&self, headers: &mut HeaderMap, span_id: &[u8; 8]) {
+        if let Ok(value) = HeaderValue::from_bytes(&self.traceparent(span_id)) {
             headers.insert(TRACEPARENT, value);
         }
         if let Some(state) = &self.tracestate {

@@ -326,6 +326,12 @@ async fn answer(
             )
         })
         .collect();
+    // Names sent more than once (`headers` keeps only the last value).
+    let repeated: Vec<String> = headers
+        .keys()
+        .filter(|name| req.headers().get_all(name.as_str()).iter().count() > 1)
+        .cloned()
+        .collect();
     *last.lock().expect("lock") = headers.clone();
     if let Some(delay) = behavior.delay {
         tokio::time::sleep(delay).await;
@@ -369,6 +375,7 @@ async fn answer(
         "uri": uri,
         "version": version,
         "headers": headers,
+        "repeated": repeated,
         "body_len": body.len(),
     });
     let bytes = Bytes::from(json.to_string());
