@@ -49,6 +49,15 @@ const NAMES: [HeaderName; FIELDS] = [
     TRACESTATE,
 ];
 
+/// The start of each field's line, `name: `, for [`Added::encode`].
+const PREFIXES: [&[u8]; FIELDS] = [
+    b"x-forwarded-for: ",
+    b"x-forwarded-proto: ",
+    b"x-forwarded-host: ",
+    b"x-request-id: ",
+    b"tracestate: ",
+];
+
 /// Length of a `traceparent` value: `00-{32 hex}-{16 hex}-{2 hex}`.
 pub const TRACEPARENT_LEN: usize = 55;
 
@@ -126,17 +135,23 @@ impl Added {
         }
     }
 
-    /// Writes the fields as HTTP/1.1 header lines (`name: value\r\n`).
+    /// Writes the fields as HTTP/1.1 header lines (`name: value\r\n`), in
+    /// the order of [`Added::each`].
     pub fn encode(&self, out: &mut BytesMut) {
-        self.each(|name, value| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(match value {
-                Value::Set(value) => value.as_bytes(),
-                Value::Trace(text) => text,
-            });
-            out.extend_from_slice(b"\r\n");
-        });
+        for (i, (prefix, value)) in PREFIXES.iter().zip(&self.values).enumerate() {
+            if i == Field::TraceState as usize {
+                if let Some(text) = &self.traceparent {
+                    out.extend_from_slice(b"traceparent: ");
+                    out.extend_from_slice(text);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            if let Some(value) = value {
+                out.extend_from_slice(prefix);
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 }
 
@@ -210,6 +225,13 @@ mod tests {
         let expected = format!("00-{}-{}-01", "ab".repeat(16), "03".repeat(8));
         assert_eq!(map[TRACEPARENT], expected.as_str());
         assert_eq!(map[TRACESTATE], "vendor=x");
+    }
+
+    #[test]
+    fn line_prefixes_are_the_names() {
+        for (prefix, name) in PREFIXES.iter().zip(&NAMES) {
+            assert_eq!(*prefix, format!("{}: ", name.as_str()).as_bytes());
+        }
     }
 
     #[test]

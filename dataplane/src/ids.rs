@@ -19,7 +19,9 @@ thread_local! {
     static GENERATOR: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
 }
 
-/// A random value of type `T` from this thread's generator.
+/// A random value of type `T` from this thread's generator. Draw bytes
+/// as an integer (`random::<u64>().to_be_bytes()`): an array is drawn one
+/// element at a time, a generator step for every byte.
 pub fn random<T>() -> T
 where
     StandardUniform: Distribution<T>,

@@ -37,13 +37,16 @@ struct Noted {
 }
 
 impl Started {
-    /// Notes the request's arrival and gives it a trace context.
+    /// Notes the request's arrival and gives it a trace context (its
+    /// `traceparent` field, if it has one, looked up by the caller).
     pub fn now<B: hyper::body::Body>(
         req: &Request<B>,
+        traceparent: Option<&HeaderValue>,
         shared: &Shared,
         info: &mut RequestInfo,
     ) -> Started {
-        info.trace = Some(TraceContext::from_request(
+        info.trace = Some(TraceContext::from_traceparent(
+            traceparent,
             req.headers(),
             shared.telemetry.sample_ratio(),
         ));

@@ -243,11 +243,19 @@ pub(crate) fn respond(
 ) -> impl Future<Output = (Response<Body>, HeaderValue)> {
     async move {
         let table = shared.table.load_full();
-        let id = request_id(req.headers());
+        let sent = Sent::of(req.headers());
+        let id = request_id(match sent.request_id {
+            true => req.headers().get(&X_REQUEST_ID),
+            false => None,
+        });
         // Visible ASCII, checked or made by `request_id`.
         let request_id = id.to_str().unwrap_or_default();
         let mut info = RequestInfo::default();
-        let started = crate::observe::Started::now(&req, &shared, &mut info);
+        let traceparent = match sent.traceparent {
+            true => req.headers().get(crate::telemetry::TRACEPARENT),
+            false => None,
+        };
+        let started = crate::observe::Started::now(&req, traceparent, &shared, &mut info);
         // The futures on the way to the upstream are awaited pinned in place
         // (`pin!`): `f(..).await` keeps the moved-from temporary of `f`'s future
         // in the caller's state next to the one awaited, so every level of
@@ -255,7 +263,7 @@ pub(crate) fn respond(
         // temporaries, this future was 17.8 KB (the connection task's 81 KB),
         // copied at each level for every request; pinned, it is 6 KB.
         let result = {
-            let served = std::pin::pin!(serve(req, &conn, &shared, &table, &id, &mut info));
+            let served = std::pin::pin!(serve(req, sent, &conn, &shared, &table, &id, &mut info));
             served.await
         };
         let mut response = match result {
@@ -283,6 +291,7 @@ pub(crate) fn respond(
 #[allow(clippy::manual_async_fn)] // see `handle`
 fn serve<'a>(
     mut req: Request<RequestBody>,
+    sent: Sent,
     conn: &'a ConnInfo,
     shared: &'a Shared,
     table: &'a Table,
@@ -309,9 +318,11 @@ fn serve<'a>(
             req.headers()
                 .get(header::USER_AGENT)
                 .map(HeaderValue::as_bytes),
-            req.headers()
-                .get("sec-ch-ua-mobile")
-                .map(HeaderValue::as_bytes),
+            match sent.device_hint {
+                true => req.headers().get(SEC_CH_UA_MOBILE),
+                false => None,
+            }
+            .map(HeaderValue::as_bytes),
         );
         // The path outlives changes to `req` (auth may rewrite it); a clone of
         // the URI shares its bytes, where `to_owned` copied them.
@@ -521,11 +532,42 @@ fn unread<T>(request: Request<RequestBody>, answer: T) -> T {
     answer
 }
 
-/// The client's `x-request-id` when it is sane (shared with the request,
-/// not copied), else a new random one. The one value goes upstream and
-/// back to the client.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
+/// `Sec-CH-UA-Mobile`, the client hint read for the device class.
+const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
+
+/// Which of the fields read for every request the client sent. None of
+/// their names is a standard one: looking one up hashes it byte by byte
+/// and probes the map even when the field is absent, as these usually
+/// are. One pass over the names, where standard ones differ at once, is
+/// cheaper than the three lookups.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    request_id: bool,
+    traceparent: bool,
+    device_hint: bool,
+}
+
+impl Sent {
+    fn of(headers: &HeaderMap) -> Sent {
+        let mut sent = Sent::default();
+        for name in headers.keys() {
+            if name == X_REQUEST_ID {
+                sent.request_id = true;
+            } else if name == crate::telemetry::TRACEPARENT {
+                sent.traceparent = true;
+            } else if name == SEC_CH_UA_MOBILE {
+                sent.device_hint = true;
+            }
+        }
+        sent
+    }
+}
+
+/// The client's `x-request-id` (`given`) when it is sane (shared with the
+/// request, not copied), else a new random one. The one value goes
+/// upstream and back to the client.
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(value) = given {
         let text = value.as_bytes();
         if !text.is_empty() && text.len() <= 128 && text.iter().all(u8::is_ascii_graphic) {
             return value.clone();
@@ -1708,7 +1750,7 @@ mod tests {
     fn client_request_ids_are_kept_only_when_sane() {
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        let kept = request_id(&headers);
+        let kept = request_id(headers.get("x-request-id"));
         assert_eq!(kept, "abc-123");
         assert_eq!(
             kept.as_bytes().as_ptr(),
@@ -1716,16 +1758,52 @@ mod tests {
             "shared"
         );
         headers.insert("x-request-id", HeaderValue::from_static("has space"));
-        let generated = request_id(&headers);
+        let generated = request_id(headers.get("x-request-id"));
         assert_eq!(generated.len(), 32);
         assert!(generated.as_bytes().iter().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(
-            request_id(&HeaderMap::new()),
-            generated,
-            "a new id each time"
-        );
+        assert_ne!(request_id(None), generated, "a new id each time");
         // A generated id is a valid string: handle() reads it as one.
         assert!(generated.to_str().is_ok());
+    }
+
+    #[test]
+    fn sent_fields_agree_with_lookups() {
+        let names = [
+            "X-Request-ID",
+            "traceparent",
+            "Sec-CH-UA-Mobile",
+            "host",
+            "user-agent",
+            "x-request",
+            "sec-ch-ua",
+            "tracestate",
+        ];
+        // Every subset of the names above, in the order given.
+        for mask in 0u32..(1 << names.len()) {
+            let mut headers = HeaderMap::new();
+            for (i, name) in names.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    let name = HeaderName::from_bytes(name.as_bytes()).expect("name");
+                    headers.append(name, HeaderValue::from_static("v"));
+                }
+            }
+            let sent = Sent::of(&headers);
+            assert_eq!(
+                sent.request_id,
+                headers.contains_key("x-request-id"),
+                "{headers:?}"
+            );
+            assert_eq!(
+                sent.traceparent,
+                headers.contains_key("traceparent"),
+                "{headers:?}"
+            );
+            assert_eq!(
+                sent.device_hint,
+                headers.contains_key("sec-ch-ua-mobile"),
+                "{headers:?}"
+            );
+        }
     }
 
     #[test]

@@ -64,9 +64,18 @@ impl TraceContext {
     /// Continues the client's trace (a valid `traceparent`), or starts one
     /// sampled with probability `sample`.
     pub fn from_request(headers: &HeaderMap, sample: f64) -> TraceContext {
-        if let Some((trace_id, parent, flags)) = headers
-            .get(TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes()))
+        TraceContext::from_traceparent(headers.get(TRACEPARENT), headers, sample)
+    }
+
+    /// [`TraceContext::from_request`] with the request's `traceparent`
+    /// already looked up (`None` when it has none).
+    pub fn from_traceparent(
+        traceparent: Option<&HeaderValue>,
+        headers: &HeaderMap,
+        sample: f64,
+    ) -> TraceContext {
+        if let Some((trace_id, parent, flags)) =
+            traceparent.and_then(|v| parse_traceparent(v.as_bytes()))
         {
             return TraceContext {
                 trace_id,
@@ -76,7 +85,8 @@ impl TraceContext {
                 tracestate: headers.get(TRACESTATE).cloned(),
             };
         }
-        let mut trace_id = crate::ids::random::<[u8; 16]>();
+        // One draw: an array is drawn byte by byte, a generator step each.
+        let mut trace_id = crate::ids::random::<u128>().to_be_bytes();
         if trace_id == [0; 16] {
             trace_id[15] = 1;
         }
@@ -124,7 +134,7 @@ impl TraceContext {
 
 /// A new random, non-zero span id.
 pub fn new_span_id() -> [u8; 8] {
-    let mut id = crate::ids::random::<[u8; 8]>();
+    let mut id = crate::ids::random::<u64>().to_be_bytes();
     if id == [0; 8] {
         id[7] = 1;
     }
