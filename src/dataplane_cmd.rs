@@ -104,6 +104,7 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         None => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = builder
+        .event_interval(dataplane::EVENT_INTERVAL)
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -245,7 +245,9 @@ impl Connection {
         // the gateway for each one: in bench/proxy.py's placement this
         // halves the context switches per request (0.78 -> 0.44) and adds
         // about 13% req/s; with the upstream on another CPU the CPU per
-        // request is unchanged (bench/RESULTS.md, 2026-11-27).
+        // request is unchanged (bench/RESULTS.md, 2026-11-27). A batch is
+        // at most `crate::EVENT_INTERVAL` requests: the first of a batch
+        // waits for the rest.
         tokio::task::yield_now().await;
         let written = if body.len() <= COALESCE_BODY {
             out.extend_from_slice(body);

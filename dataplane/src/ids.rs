@@ -29,9 +29,65 @@ where
     GENERATOR.with(|generator| generator.borrow_mut().random())
 }
 
+/// Lower-case hex of `bytes` into `out` (twice as long; what does not fit
+/// is left out). Four bytes at a time, in an integer's lanes: ids are
+/// written in hex for every request (request id, `traceparent`).
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    let mut words = bytes.chunks_exact(4);
+    let mut outs = out.chunks_exact_mut(8);
+    for (word, out) in (&mut words).zip(&mut outs) {
+        let mut four = [0u8; 4];
+        four.copy_from_slice(word);
+        out.copy_from_slice(&hex_word(u32::from_be_bytes(four)));
+    }
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let done = bytes.len() / 4 * 4;
+    for (pair, b) in out[done * 2..].chunks_exact_mut(2).zip(&bytes[done..]) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+}
+
+/// The eight hex digits of `word`, most significant first.
+fn hex_word(word: u32) -> [u8; 8] {
+    let v = u64::from(word);
+    // One nibble per byte, in order: 0xAABBCCDD -> 0x0A0A0B0B0C0C0D0D.
+    let mut x = ((v & 0xFFFF_0000) << 16) | (v & 0xFFFF);
+    x = ((x & 0x0000_FF00_0000_FF00) << 8) | (x & 0x0000_00FF_0000_00FF);
+    x = ((x & 0x00F0_00F0_00F0_00F0) << 4) | (x & 0x000F_000F_000F_000F);
+    // 1 in the lanes holding 10..=15 (adding 6 carries into bit 4).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    // '0' + n, and 'a' - '0' - 10 = 39 more for letters; no lane carries.
+    (x + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_matches_formatting() {
+        let mut samples: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0xff; 16],
+            (0..=255).collect(),
+            (0..=255).rev().collect(),
+        ];
+        for len in 0..20 {
+            samples.push((0..len).map(|_| random::<u8>()).collect());
+        }
+        for bytes in samples {
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut out = vec![b'-'; bytes.len() * 2];
+            hex_into(&bytes, &mut out);
+            assert_eq!(
+                String::from_utf8(out).expect("ASCII"),
+                expected,
+                "{bytes:?}"
+            );
+        }
+    }
     use std::collections::HashSet;
 
     #[test]

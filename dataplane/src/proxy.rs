@@ -575,15 +575,8 @@ fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
     }
     // Same text as `format!("{:032x}", random)`, without the formatting
     // machinery; one allocation that the copies share.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    for (pair, byte) in id
-        .chunks_exact_mut(2)
-        .zip(crate::ids::random::<u128>().to_be_bytes())
-    {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
+    crate::ids::hex_into(&crate::ids::random::<u128>().to_be_bytes(), &mut id);
     // Hex digits are always a valid value.
     HeaderValue::from_maybe_shared(Bytes::from_owner(id))
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
