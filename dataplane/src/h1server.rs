@@ -122,7 +122,18 @@ where
         let handled = boxed!(proxy::respond(request, info.clone(), shared.clone()));
         let (response, id) = handled.await;
         let closing = !client_keeps || stop.started();
-        let keep = write_response(&mut io, &mut out, &method, response, Some(&id), closing).await;
+        let keep = {
+            // Pinned in place: see `proxy::handle`.
+            let writing = std::pin::pin!(write_response(
+                &mut io,
+                &mut out,
+                &method,
+                response,
+                Some(&id),
+                closing
+            ));
+            writing.await
+        };
         if !keep {
             let _ = io.shutdown().await;
             return End::Closed;
@@ -201,7 +212,8 @@ fn parse(buf: &mut BytesMut, max_headers: usize, max_head: usize) -> Head {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    // The proxy adds a few fields (x-forwarded-*, x-request-id, traceparent).
+    // Room for what the proxy may insert: Host, and the forwarding fields
+    // when route header changes or filters need them in the map.
     let headers = request.headers_mut();
     *headers = crate::headermaps::take(fields.len() + 6);
     for (name, (start, end)) in fields {
@@ -310,95 +322,100 @@ enum Framing {
 /// Writes `response` to the client, with `request_id` as its
 /// `x-request-id`. Returns whether the connection can carry another
 /// request.
-async fn write_response<IO, B>(
-    io: &mut IO,
-    out: &mut Vec<u8>,
-    method: &Method,
+///
+/// An `async move` block, not an `async fn`: see `proxy::handle`.
+#[allow(clippy::manual_async_fn)]
+fn write_response<'a, IO, B>(
+    io: &'a mut IO,
+    out: &'a mut Vec<u8>,
+    method: &'a Method,
     response: Response<B>,
-    request_id: Option<&HeaderValue>,
+    request_id: Option<&'a HeaderValue>,
     closing: bool,
-) -> bool
+) -> impl Future<Output = bool> + 'a
 where
     IO: AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + 'a,
 {
-    let (parts, mut body) = response.into_parts();
-    out.clear();
-    let (mut framing, mut keep) = encode_head(out, method, &parts, &body, request_id, closing);
-    crate::headermaps::give(parts.headers);
-    if framing == Framing::None {
-        drop(body);
-        return io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep;
-    }
-    loop {
-        let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Pending if !out.is_empty() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(frame) => Poll::Ready(Some(frame)),
-        })
-        .await;
-        let data = match frame {
-            // The body is not ready: send what is there meanwhile.
-            None => {
-                if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+    async move {
+        let (parts, mut body) = response.into_parts();
+        out.clear();
+        let (mut framing, mut keep) = encode_head(out, method, &parts, &body, request_id, closing);
+        crate::headermaps::give(parts.headers);
+        if framing == Framing::None {
+            drop(body);
+            return io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep;
+        }
+        loop {
+            let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Pending if !out.is_empty() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            })
+            .await;
+            let data = match frame {
+                // The body is not ready: send what is there meanwhile.
+                None => {
+                    if io.write_all(out).await.is_err() || io.flush().await.is_err() {
+                        return false;
+                    }
+                    out.clear();
+                    continue;
+                }
+                Some(None) => break,
+                // The answer cannot be completed: the client sees the
+                // connection close before the end of the body.
+                Some(Some(Err(_))) => {
+                    let _ = io.write_all(out).await;
+                    return false;
+                }
+                Some(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers are not sent (this path serves no `te:
+                    // trailers` request).
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let data = match &mut framing {
+                Framing::Length(left) => {
+                    let n = (data.len() as u64).min(*left);
+                    *left -= n;
+                    if n < data.len() as u64 {
+                        // More than announced: the rest is not sent.
+                        keep = false;
+                    }
+                    data.slice(..n as usize)
+                }
+                Framing::Chunked => {
+                    // Writing to a Vec cannot fail.
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    data
+                }
+                Framing::None => continue,
+            };
+            if out.len() + data.len() <= COALESCE {
+                out.extend_from_slice(&data);
+            } else {
+                if io.write_all(out).await.is_err() || io.write_all(&data).await.is_err() {
                     return false;
                 }
                 out.clear();
-                continue;
             }
-            Some(None) => break,
-            // The answer cannot be completed: the client sees the
-            // connection close before the end of the body.
-            Some(Some(Err(_))) => {
-                let _ = io.write_all(out).await;
-                return false;
+            if framing == Framing::Chunked {
+                out.extend_from_slice(b"\r\n");
             }
-            Some(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => data,
-                // Trailers are not sent (this path serves no `te:
-                // trailers` request).
-                Err(_) => continue,
-            },
-        };
-        if data.is_empty() {
-            continue;
         }
-        let data = match &mut framing {
-            Framing::Length(left) => {
-                let n = (data.len() as u64).min(*left);
-                *left -= n;
-                if n < data.len() as u64 {
-                    // More than announced: the rest is not sent.
-                    keep = false;
-                }
-                data.slice(..n as usize)
-            }
-            Framing::Chunked => {
-                // Writing to a Vec cannot fail.
-                let _ = write!(out, "{:x}\r\n", data.len());
-                data
-            }
-            Framing::None => continue,
-        };
-        if out.len() + data.len() <= COALESCE {
-            out.extend_from_slice(&data);
-        } else {
-            if io.write_all(out).await.is_err() || io.write_all(&data).await.is_err() {
-                return false;
-            }
-            out.clear();
+        match framing {
+            Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            // Less than announced: the client sees the connection close short.
+            Framing::Length(left) if left > 0 => keep = false,
+            _ => {}
         }
-        if framing == Framing::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
+        io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep
     }
-    match framing {
-        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
-        // Less than announced: the client sees the connection close short.
-        Framing::Length(left) if left > 0 => keep = false,
-        _ => {}
-    }
-    io.write_all(out).await.is_ok() && io.flush().await.is_ok() && keep
 }
 
 /// Writes the status line and header fields, with the framing and field

@@ -437,7 +437,9 @@ fn serve<'a>(
                 }
                 let upgrade = is_upgrade(&req);
                 let filtered_path = cached || runtime.trimmer.is_some();
-                let mut added = prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade);
+                // Filled in place: moving it (256 bytes) cost copies.
+                let mut added = Added::default();
+                prepare_upstream_headers(&mut req, conn, shared, host, id, upgrade, &mut added);
                 // Route header changes and the filters see the head as it
                 // goes upstream: the added fields go into the map for them.
                 if route.request_headers.is_some() || filtered_path {
@@ -462,9 +464,10 @@ fn serve<'a>(
                 let query = query.as_deref();
                 // Attempts go straight into `info` (at most 11: below its cap).
                 let attempts = &mut info.attempts;
+                let added = &mut added;
                 let send = move |req| {
                     // Moved out, not reborrowed: the closure is called once.
-                    let attempts = attempts;
+                    let (attempts, added) = (attempts, added);
                     forward_request(
                         req,
                         added,
@@ -866,7 +869,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Hop-by-hop removal, and the fields the gateway adds: X-Forwarded-*
-/// and the request id, returned apart from the map (see
+/// and the request id, set in `added`, apart from the map (see
 /// [`crate::forwarded`]). The client's fields of those names are removed,
 /// except a trusted client's X-Forwarded-Proto and -Host, which are kept
 /// (and its X-Forwarded-For, which is extended). `upgrade`: the client
@@ -879,7 +882,8 @@ fn prepare_upstream_headers(
     host: &str,
     request_id: &HeaderValue,
     upgrade: bool,
-) -> Added {
+    added: &mut Added,
+) {
     let trusted = shared.config.trusts(conn.peer.ip());
     let headers = req.headers_mut();
     // One look at the client's names for the fields replaced or removed
@@ -912,7 +916,6 @@ fn prepare_upstream_headers(
     if given.traceparent {
         headers.remove(crate::telemetry::TRACEPARENT);
     }
-    let mut added = Added::default();
     let client_ip = conn.peer.ip();
     // A client's X-Forwarded-For is read only when the client is trusted;
     // otherwise it is replaced.
@@ -972,7 +975,6 @@ fn prepare_upstream_headers(
             headers.insert(header::HOST, value);
         }
     }
-    added
 }
 
 /// Which of the fields `prepare_upstream_headers` replaces or removes the
@@ -1064,200 +1066,203 @@ fn client_hash(
 /// Sends the request to one of the route's clusters, retrying within the
 /// route's policy and the cluster's retry budget. Each attempt carries a
 /// `traceparent` of its own and is noted in `attempts`.
-#[allow(clippy::too_many_arguments)]
-async fn forward_request(
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)] // see `handle`
+fn forward_request<'a>(
     req: Request<RequestBody>,
-    mut added: Added,
-    forward: &Forward,
-    runtime: &RouteRuntime,
-    conn: &ConnInfo,
-    path: &str,
-    query: Option<&str>,
-    trace: Option<&crate::telemetry::TraceContext>,
+    added: &'a mut Added,
+    forward: &'a Forward,
+    runtime: &'a RouteRuntime,
+    conn: &'a ConnInfo,
+    path: &'a str,
+    query: Option<&'a str>,
+    trace: Option<&'a crate::telemetry::TraceContext>,
     upgrade: bool,
-    attempts_made: &mut Attempts,
-) -> Result<Response<Body>, ProxyError> {
-    let Some(cluster) = runtime.pick_backend() else {
-        return Err(unread(req, ProxyError::BackendUnavailable));
-    };
-    let started = Instant::now();
-    let request_deadline = Duration::from_millis(forward.timeouts.request_ms);
-    let attempt_timeout = Duration::from_millis(forward.timeouts.backend_request_ms);
+    attempts_made: &'a mut Attempts,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + 'a {
+    async move {
+        let Some(cluster) = runtime.pick_backend() else {
+            return Err(unread(req, ProxyError::BackendUnavailable));
+        };
+        let started = Instant::now();
+        let request_deadline = Duration::from_millis(forward.timeouts.request_ms);
+        let attempt_timeout = Duration::from_millis(forward.timeouts.backend_request_ms);
 
-    let (mut parts, body) = req.into_parts();
-    let client_upgrade = if upgrade {
-        let mut probe = Request::from_parts(parts, ());
-        let on = hyper::upgrade::on(&mut probe);
-        parts = probe.into_parts().0;
-        Some(on)
-    } else {
-        None
-    };
-    // Without a body to read first, the first attempt starts at `started`.
-    let read_first = !body.is_end_stream();
-    // Buffer small bodies so that the request can be replayed.
-    let (replayable, mut streamed): (Option<Bytes>, Option<RequestBody>) = if body.is_end_stream() {
-        (Some(Bytes::new()), None)
-    } else if forward.retry.attempts > 0
-        && body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= MAX_RETRY_BODY)
-    {
-        match body.collect().await {
-            Ok(collected) => (Some(collected.to_bytes()), None),
-            Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
-        }
-    } else {
-        (None, Some(body))
-    };
-    let may_retry_responses = idempotent(&parts.method) && replayable.is_some();
-    let mut last_error = ProxyError::NoHealthyEndpoint;
-    let mut tried: Option<usize> = None;
-    let mut retries_taken = Vec::new();
-    let attempts = forward.retry.attempts.min(10) + 1;
-    cluster.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight(&cluster.requests_in_flight);
-
-    for attempt in 0..attempts {
-        let now = if attempt == 0 && !read_first {
-            started
+        let (mut parts, body) = req.into_parts();
+        let client_upgrade = if upgrade {
+            let mut probe = Request::from_parts(parts, ());
+            let on = hyper::upgrade::on(&mut probe);
+            parts = probe.into_parts().0;
+            Some(on)
         } else {
-            Instant::now()
+            None
         };
-        if now.saturating_duration_since(started) >= request_deadline {
-            last_error = ProxyError::UpstreamTimeout;
-            break;
-        }
-        if attempt > 0 {
-            match cluster.take_retry(forward.retry.budget_percent) {
-                Some(retry) => retries_taken.push(retry),
-                None => break,
-            }
-            let backoff = forward
-                .retry
-                .backoff_ms
-                .saturating_mul(1 << (attempt - 1).min(6));
-            let jitter = rand::random::<u64>() % (backoff / 2 + 1);
-            tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
-        }
-        let body = match (&replayable, streamed.take()) {
-            (Some(bytes), _) => Outgoing::Buffered(bytes.clone()),
-            (None, Some(body)) => Outgoing::Streamed(body),
-            (None, None) => break,
-        };
-        let hash = match &cluster.config.load_balancer {
-            snapshot::model::LoadBalancerPolicy::ConsistentHash(key) => {
-                Some(client_hash(&parts.headers, &added, conn, key))
-            }
-            _ => None,
-        };
-        let Some(endpoint) = cluster.pick(hash, tried) else {
-            last_error = ProxyError::NoHealthyEndpoint;
-            break;
-        };
-        tried = Some(endpoint);
-        // The head is set up for this attempt in place (each attempt
-        // overwrites what the one before set).
-        parts.uri = cluster.uri(endpoint, path, query)?;
-        parts.version = http::Version::HTTP_11;
-        let span_id = crate::telemetry::new_span_id();
-        added.trace(trace, &span_id);
-        // After a retry's backoff, the attempt starts now.
-        let attempt_started = if attempt > 0 { Instant::now() } else { now };
-        cluster.count_attempt();
-        let guard = cluster.begin(endpoint);
-        let remaining =
-            request_deadline.saturating_sub(attempt_started.saturating_duration_since(started));
-        let timeout = attempt_timeout.min(remaining);
-        let deadline = (attempt_started + timeout).into();
-        let last = attempt + 1 == attempts;
-        let outcome = std::pin::pin!(send(
-            &cluster, endpoint, &mut parts, &added, body, last, upgrade, deadline
-        ))
-        .await;
-        let elapsed = attempt_started.elapsed();
-        cluster.observe_attempt(elapsed.as_secs_f64());
-        attempts_made.push(UpstreamAttempt {
-            cluster: cluster.clone(),
-            endpoint,
-            span_id,
-            start: attempt_started,
-            duration: elapsed,
-            status: match &outcome {
-                Ok(response) => Some(response.status().as_u16()),
-                _ => None,
-            },
-            error: match &outcome {
-                Err(SendFailure::TimedOut) => Some("upstream_timeout"),
-                Err(_) => Some("upstream_failure"),
-                Ok(_) => None,
-            },
-        });
-        match outcome {
-            Err(SendFailure::TimedOut) => {
-                guard.failure();
-                cluster.count_timeout();
-                last_error = ProxyError::UpstreamTimeout;
-                // A timed-out request may have reached the upstream: retry only
-                // what is safe to repeat.
-                if !(may_retry_responses
-                    && forward
-                        .retry
-                        .on
-                        .contains(&crds::route::RetryOn::GatewayError))
-                {
-                    break;
+        // Without a body to read first, the first attempt starts at `started`.
+        let read_first = !body.is_end_stream();
+        // Buffer small bodies so that the request can be replayed.
+        let (replayable, mut streamed): (Option<Bytes>, Option<RequestBody>) =
+            if body.is_end_stream() {
+                (Some(Bytes::new()), None)
+            } else if forward.retry.attempts > 0
+                && body
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= MAX_RETRY_BODY)
+            {
+                match body.collect().await {
+                    Ok(collected) => (Some(collected.to_bytes()), None),
+                    Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
                 }
+            } else {
+                (None, Some(body))
+            };
+        let may_retry_responses = idempotent(&parts.method) && replayable.is_some();
+        let mut last_error = ProxyError::NoHealthyEndpoint;
+        let mut tried: Option<usize> = None;
+        let mut retries_taken = Vec::new();
+        let attempts = forward.retry.attempts.min(10) + 1;
+        cluster.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&cluster.requests_in_flight);
+
+        for attempt in 0..attempts {
+            let now = if attempt == 0 && !read_first {
+                started
+            } else {
+                Instant::now()
+            };
+            if now.saturating_duration_since(started) >= request_deadline {
+                last_error = ProxyError::UpstreamTimeout;
+                break;
             }
-            Err(SendFailure::Failed { connect, message }) => {
-                guard.failure();
-                if connect {
-                    last_error = ProxyError::UpstreamConnect(message);
-                    if replayable.is_none() {
-                        break;
-                    }
-                } else {
-                    last_error = ProxyError::Upstream(message);
+            if attempt > 0 {
+                match cluster.take_retry(forward.retry.budget_percent) {
+                    Some(retry) => retries_taken.push(retry),
+                    None => break,
+                }
+                let backoff = forward
+                    .retry
+                    .backoff_ms
+                    .saturating_mul(1 << (attempt - 1).min(6));
+                let jitter = rand::random::<u64>() % (backoff / 2 + 1);
+                tokio::time::sleep(Duration::from_millis(backoff / 2 + jitter)).await;
+            }
+            let body = match (&replayable, streamed.take()) {
+                (Some(bytes), _) => Outgoing::Buffered(bytes.clone()),
+                (None, Some(body)) => Outgoing::Streamed(body),
+                (None, None) => break,
+            };
+            let hash = match &cluster.config.load_balancer {
+                snapshot::model::LoadBalancerPolicy::ConsistentHash(key) => {
+                    Some(client_hash(&parts.headers, added, conn, key))
+                }
+                _ => None,
+            };
+            let Some(endpoint) = cluster.pick(hash, tried) else {
+                last_error = ProxyError::NoHealthyEndpoint;
+                break;
+            };
+            tried = Some(endpoint);
+            // The head is set up for this attempt in place (each attempt
+            // overwrites what the one before set).
+            parts.uri = cluster.uri(endpoint, path, query)?;
+            parts.version = http::Version::HTTP_11;
+            let span_id = crate::telemetry::new_span_id();
+            added.trace(trace, &span_id);
+            // After a retry's backoff, the attempt starts now.
+            let attempt_started = if attempt > 0 { Instant::now() } else { now };
+            cluster.count_attempt();
+            let guard = cluster.begin(endpoint);
+            let remaining =
+                request_deadline.saturating_sub(attempt_started.saturating_duration_since(started));
+            let timeout = attempt_timeout.min(remaining);
+            let deadline = (attempt_started + timeout).into();
+            let last = attempt + 1 == attempts;
+            let outcome = std::pin::pin!(send(
+                &cluster, endpoint, &mut parts, added, body, last, upgrade, deadline
+            ))
+            .await;
+            let elapsed = attempt_started.elapsed();
+            cluster.observe_attempt(elapsed.as_secs_f64());
+            attempts_made.push(UpstreamAttempt {
+                cluster: cluster.clone(),
+                endpoint,
+                span_id,
+                start: attempt_started,
+                duration: elapsed,
+                status: match &outcome {
+                    Ok(response) => Some(response.status().as_u16()),
+                    _ => None,
+                },
+                error: match &outcome {
+                    Err(SendFailure::TimedOut) => Some("upstream_timeout"),
+                    Err(_) => Some("upstream_failure"),
+                    Ok(_) => None,
+                },
+            });
+            match outcome {
+                Err(SendFailure::TimedOut) => {
+                    guard.failure();
+                    cluster.count_timeout();
+                    last_error = ProxyError::UpstreamTimeout;
+                    // A timed-out request may have reached the upstream: retry only
+                    // what is safe to repeat.
                     if !(may_retry_responses
-                        && forward.retry.on.contains(&crds::route::RetryOn::Reset))
+                        && forward
+                            .retry
+                            .on
+                            .contains(&crds::route::RetryOn::GatewayError))
                     {
                         break;
                     }
                 }
-            }
-            Ok(mut response) => {
-                let status = response.status();
-                if status.is_server_error() {
+                Err(SendFailure::Failed { connect, message }) => {
                     guard.failure();
-                } else {
-                    guard.success();
-                }
-                let retryable = may_retry_responses
-                    && attempt + 1 < attempts
-                    && retryable_status(status, &forward.retry.on);
-                if retryable {
-                    last_error = ProxyError::Upstream(format!("status {status}"));
-                    continue;
-                }
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_upgrade) = client_upgrade {
-                        let upstream_upgrade = hyper::upgrade::on(&mut response);
-                        tokio::spawn(splice(client_upgrade, upstream_upgrade));
+                    if connect {
+                        last_error = ProxyError::UpstreamConnect(message);
+                        if replayable.is_none() {
+                            break;
+                        }
+                    } else {
+                        last_error = ProxyError::Upstream(message);
+                        if !(may_retry_responses
+                            && forward.retry.on.contains(&crds::route::RetryOn::Reset))
+                        {
+                            break;
+                        }
                     }
-                    return Ok(response.map(|_| full(Bytes::new())));
                 }
-                // The head has been sent for the last time.
-                crate::headermaps::give(std::mem::take(&mut parts.headers));
-                return Ok(response.map(Either::Left));
+                Ok(mut response) => {
+                    let status = response.status();
+                    if status.is_server_error() {
+                        guard.failure();
+                    } else {
+                        guard.success();
+                    }
+                    let retryable = may_retry_responses
+                        && attempt + 1 < attempts
+                        && retryable_status(status, &forward.retry.on);
+                    if retryable {
+                        last_error = ProxyError::Upstream(format!("status {status}"));
+                        continue;
+                    }
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_upgrade) = client_upgrade {
+                            let upstream_upgrade = hyper::upgrade::on(&mut response);
+                            tokio::spawn(splice(client_upgrade, upstream_upgrade));
+                        }
+                        return Ok(response.map(|_| full(Bytes::new())));
+                    }
+                    // The head has been sent for the last time.
+                    crate::headermaps::give(std::mem::take(&mut parts.headers));
+                    return Ok(response.map(Either::Left));
+                }
             }
         }
+        if let Some(body) = streamed {
+            // Never sent: no attempt was made.
+            return Err(unread(Request::new(body), last_error));
+        }
+        Err(last_error)
     }
-    if let Some(body) = streamed {
-        // Never sent: no attempt was made.
-        return Err(unread(Request::new(body), last_error));
-    }
-    Err(last_error)
 }
 
 /// Why an attempt got no response head.
