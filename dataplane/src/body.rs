@@ -32,15 +32,17 @@ pub enum LocalBody {
     Prefixed {
         /// Read, not yet sent.
         prefix: Option<Bytes>,
-        /// The unread part of the upstream body.
-        rest: ResponseBody,
+        /// The unread part of the upstream body (boxed, like the trailers
+        /// below: the variants are rare, and inline they made every
+        /// response the proxy moves larger).
+        rest: Box<ResponseBody>,
     },
     /// A read body and the trailers that followed it.
     Trailed {
         /// Not yet sent.
         data: Option<Bytes>,
         /// Sent after the data.
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// A response body counted as it streams.
     Counted(Box<Counted>),
@@ -99,13 +101,13 @@ impl Body for LocalBody {
                 if let Some(bytes) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
-                Pin::new(rest).poll_frame(cx)
+                Pin::new(rest.as_mut()).poll_frame(cx)
             }
             LocalBody::Trailed { data, trailers } => {
                 if let Some(bytes) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             LocalBody::Counted(counted) => {
                 let polled = match &mut counted.inner {
@@ -187,7 +189,7 @@ pub async fn read_limited(
     if body.size_hint().lower() > limit as u64 {
         return Err(ReadError::TooLarge(LocalBody::Prefixed {
             prefix: None,
-            rest: body,
+            rest: Box::new(body),
         }));
     }
     let mut buf = BytesMut::new();
@@ -200,7 +202,7 @@ pub async fn read_limited(
                     buf.extend_from_slice(&data);
                     return Err(ReadError::TooLarge(LocalBody::Prefixed {
                         prefix: Some(buf.freeze()),
-                        rest: body,
+                        rest: Box::new(body),
                     }));
                 }
                 buf.extend_from_slice(&data);

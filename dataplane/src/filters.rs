@@ -825,7 +825,7 @@ async fn finish_transform_buffered(
         parts.headers.remove(header::CONTENT_LENGTH);
         let body = Either::Right(LocalBody::Trailed {
             data: (!bytes.is_empty()).then_some(bytes),
-            trailers: Some(trailers),
+            trailers: Some(Box::new(trailers)),
         });
         return Ok((Response::from_parts(parts, body), Err(NotStored::Trailers)));
     }
