@@ -103,10 +103,19 @@ where
     let mut out = Vec::with_capacity(OUT_SIZE);
     loop {
         deadline.restart();
-        let (request, client_keeps) = loop {
+        let (handled, method, client_keeps) = loop {
             if !buf.is_empty() {
                 match parse(&mut buf, max_headers, max_head) {
-                    Head::Ready(request, keep) => break (request, keep),
+                    Head::Ready(request, keep) => {
+                        let method = request.method().clone();
+                        // On the heap for the time of the request: inline,
+                        // its 4 KB would stay resident with every idle
+                        // keep-alive connection. Made here, the request
+                        // goes from the parse straight into it (each move
+                        // of its 264 bytes writes to memory not in cache).
+                        let handled = boxed!(proxy::respond(request, info.clone(), shared.clone()));
+                        break (handled, method, keep);
+                    }
                     Head::HandOff => return End::HandOff(io, buf.freeze()),
                     Head::Partial => {}
                 }
@@ -116,10 +125,6 @@ where
                 Read::Closed => return End::Closed,
             }
         };
-        let method = request.method().clone();
-        // On the heap for the time of the request: inline, its 5 KB would
-        // stay resident with every idle keep-alive connection.
-        let handled = boxed!(proxy::respond(request, info.clone(), shared.clone()));
         let (response, id) = handled.await;
         let closing = !client_keeps || stop.started();
         let keep = {
