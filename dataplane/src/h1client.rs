@@ -558,7 +558,7 @@ pub fn framing(head: &ResponseHead, head_request: bool) -> Result<(BodyKind, boo
         let chunked = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .last()
+            .next_back()
             .is_some_and(|value| last_token_is(value.as_bytes(), "chunked"));
         // A Content-Length next to Transfer-Encoding may be a smuggling
         // attempt: the body is read by the coding and the connection is
