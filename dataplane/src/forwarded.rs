@@ -136,7 +136,7 @@ impl Added {
     }
 
     /// Writes the fields as HTTP/1.1 header lines (`name: value\r\n`), in
-    /// the order of [`Added::each`].
+    /// the order `each` gives.
     pub fn encode(&self, out: &mut BytesMut) {
         for (i, (prefix, value)) in PREFIXES.iter().zip(&self.values).enumerate() {
             if i == Field::TraceState as usize {

@@ -1294,13 +1294,15 @@ impl From<Outgoing> for UpstreamBody {
 }
 
 /// One attempt at `endpoint`, until `deadline`, with the request head
-/// `head` and the `added` fields. Plain-text HTTP/1.1 endpoints have their own pool: a buffered
-/// request that asks for no upgrade is exchanged by this task on the
-/// connection (`h1client`, whose connections keep their timer from one
-/// exchange to the next; it reads the head where it is), others go
+/// `head` and the `added` fields. Plain-text HTTP/1.1 endpoints have
+/// their own pool: a buffered request that asks for no upgrade is
+/// exchanged by this task on the connection (`h1client`, whose
+/// connections keep their timer from one exchange to the next; it reads
+/// the head where it is and writes the added fields after it), others go
 /// through hyper's connection. HTTPS and HTTP/2 clusters use the generic
-/// client. hyper takes a head of its own: the `last` attempt's is taken,
-/// earlier ones get a copy (a HeaderMap clone allocates for every value).
+/// client. hyper takes a head of its own, with the added fields inserted:
+/// the `last` attempt's is taken, earlier ones get a copy (a HeaderMap
+/// clone allocates for every value).
 #[allow(clippy::too_many_arguments)]
 async fn send(
     cluster: &ClusterRuntime,
