@@ -185,16 +185,23 @@ async fn grpc_over_h2c_passes_data_and_trailers() {
                 .expect("HTTP/2 response");
             let status = response.status();
             let content_type = response.headers().get("content-type").cloned();
+            let request_id = response.headers().get("x-request-id").cloned();
             let collected = tokio::time::timeout(IO_TIMEOUT, response.into_body().collect())
                 .await
                 .expect("body within 5 s")
                 .expect("read the body and trailers");
             let trailers = collected.trailers().cloned();
-            (status, content_type, collected.to_bytes(), trailers)
+            (
+                status,
+                content_type,
+                request_id,
+                collected.to_bytes(),
+                trailers,
+            )
         }));
     }
     for call in calls {
-        let (status, content_type, data, trailers) = call.await.expect("call task");
+        let (status, content_type, request_id, data, trailers) = call.await.expect("call task");
         assert_eq!(status, 200, "body: {data:?}; log:\n{}", gw.log());
         assert_eq!(
             content_type.as_ref().and_then(|v| v.to_str().ok()),
@@ -217,6 +224,25 @@ async fn grpc_over_h2c_passes_data_and_trailers() {
             "the backend must be spoken to in HTTP/2: {seen}"
         );
         assert_eq!(seen["method"], "POST");
+        // Heads that go through hyper's client get the forwarding fields
+        // inserted (`dataplane::forwarded`), each once; the answer carries
+        // the same request id.
+        let headers = &seen["headers"];
+        assert_eq!(seen["repeated"], serde_json::json!([]), "{seen}");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{seen}");
+        assert_eq!(headers["x-forwarded-proto"], "http", "{seen}");
+        assert_eq!(headers["x-forwarded-host"], HOST, "{seen}");
+        let id = headers["x-request-id"].as_str().expect("x-request-id sent");
+        assert_eq!(
+            request_id.as_ref().and_then(|v| v.to_str().ok()),
+            Some(id),
+            "{seen}"
+        );
+        assert_eq!(
+            headers["traceparent"].as_str().map(str::len),
+            Some(55),
+            "{seen}"
+        );
         assert_eq!(
             seen["body_len"], 10,
             "the request body reaches the backend whole: {seen}"

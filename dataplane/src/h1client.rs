@@ -341,8 +341,8 @@ fn poll_fill(
 }
 
 /// Writes the request line and header fields, the `added` ones after the
-/// head's. The body is `body_len` bytes sent with a Content-Length; any Content-Length or
-/// Transfer-Encoding the head has is replaced by that.
+/// head's. The body is `body_len` bytes sent with a Content-Length; any
+/// Content-Length or Transfer-Encoding the head has is replaced by that.
 pub fn encode_request(head: &request::Parts, added: &Added, body_len: usize, out: &mut BytesMut) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -428,11 +428,9 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolEr
     let base = buf.as_ptr() as usize;
     let mut spans: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     let mut connection = ConnectionField::default();
-    let mut coded = false;
     for field in response.headers.iter() {
         let name = crate::headermaps::name(field.name.as_bytes())
             .map_err(|_| ProtocolError::Head(format!("invalid header name {:?}", field.name)))?;
-        coded |= name == header::TRANSFER_ENCODING;
         // `Connection` is about this connection only: read here, never
         // passed on.
         if name == header::CONNECTION {
@@ -455,7 +453,6 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolEr
         version,
         headers,
         connection,
-        coded,
     }))
 }
 
@@ -467,9 +464,6 @@ pub struct ResponseHead {
     /// The fields but `Connection`.
     pub headers: HeaderMap,
     pub connection: ConnectionField,
-    /// A `Transfer-Encoding` field is among `headers` (noted while
-    /// parsing, so that the framing looks it up only when it is there).
-    pub coded: bool,
 }
 
 impl ResponseHead {
@@ -539,7 +533,6 @@ pub fn framing(head: &ResponseHead, head_request: bool) -> Result<(BodyKind, boo
         version,
         ref headers,
         ref connection,
-        coded,
     } = *head;
     let mut keep_alive = version == Version::HTTP_11;
     if connection.close {
@@ -554,10 +547,9 @@ pub fn framing(head: &ResponseHead, head_request: bool) -> Result<(BodyKind, boo
     {
         return Ok((BodyKind::Empty, keep_alive));
     }
-    if coded {
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let chunked = codings
             .next_back()
             .is_some_and(|value| last_token_is(value.as_bytes(), "chunked"));
         // A Content-Length next to Transfer-Encoding may be a smuggling

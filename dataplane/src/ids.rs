@@ -41,7 +41,7 @@ pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&hex_word(u32::from_be_bytes(four)));
     }
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let done = bytes.len() / 4 * 4;
+    let done = (bytes.len() / 4).min(out.len() / 8) * 4;
     for (pair, b) in out[done * 2..].chunks_exact_mut(2).zip(&bytes[done..]) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 15)];
@@ -86,6 +86,17 @@ mod tests {
                 expected,
                 "{bytes:?}"
             );
+            // A shorter `out` gets what fits, whole bytes only.
+            for room in [0, 3, 9, 10] {
+                let mut short = vec![b'-'; room.min(bytes.len() * 2)];
+                hex_into(&bytes, &mut short);
+                let fits = short.len() / 2 * 2;
+                assert_eq!(
+                    &short[..fits],
+                    &expected.as_bytes()[..fits],
+                    "{bytes:?} in {room}"
+                );
+            }
         }
     }
     use std::collections::HashSet;
