@@ -245,9 +245,9 @@ impl Connection {
         // the gateway for each one: in bench/proxy.py's placement this
         // halves the context switches per request (0.78 -> 0.44) and adds
         // about 13% req/s; with the upstream on another CPU the CPU per
-        // request is unchanged (bench/RESULTS.md, 2026-11-27). A batch is
-        // at most `crate::EVENT_INTERVAL` tasks: the first of a batch waits
-        // for the rest.
+        // request is unchanged (bench/RESULTS.md, 2026-11-27). The first
+        // request of a batch waits for the rest; `crate::EVENT_INTERVAL`
+        // keeps batches short.
         behind_ready_tasks().await;
         let written = if body.len() <= COALESCE_BODY {
             out.extend_from_slice(body);

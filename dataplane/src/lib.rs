@@ -75,12 +75,14 @@ use upstream::Clients;
 /// Task polls between two looks at the sockets and timers, for the
 /// runtimes that serve traffic (`tokio::runtime::Builder::event_interval`;
 /// tokio's default is 61). Requests forwarded over the gateway's own
-/// HTTP/1.1 client leave for the upstream in batches (`h1client`), which
-/// end when the scheduler next looks at the sockets: the first request of
-/// a batch waits for the others. Batches of at most 16 keep most of the
-/// batching's gain and narrow the latency spread: in `bench/proxy.py`'s
-/// placement p99 fell by about 7% at the same req/s (bench/RESULTS.md,
-/// 2026-11-27 16:30).
+/// HTTP/1.1 client leave for the upstream in batches: each upstream write
+/// waits behind the tasks that were ready before it (`h1client`), so a
+/// batch is about what became ready between two looks at the sockets, and
+/// its first request waits for the others. With tokio's `yield_now` in
+/// that place, 16 instead of 61 kept most of the batching's gain and cut
+/// p99 by about 7% at the same req/s in `bench/proxy.py`'s placement; with
+/// the self-wake that replaced it, 16, 24 and 32 measured the same within
+/// the noise (bench/RESULTS.md, 2026-11-27).
 pub const EVENT_INTERVAL: u32 = 16;
 
 /// A network range, for trusted proxies.
