@@ -94,20 +94,7 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let mut builder = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = builder
-        .event_interval(dataplane::EVENT_INTERVAL)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = dataplane::serving_runtime(args.threads).context("starting the runtime")?;
     runtime.block_on(serve(args))
 }
 

@@ -115,20 +115,7 @@ fn now_unix() -> i64 {
 
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut builder = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = builder
-        .event_interval(dataplane::EVENT_INTERVAL)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = dataplane::serving_runtime(args.threads).context("starting the runtime")?;
     runtime.block_on(serve(args))
 }
 

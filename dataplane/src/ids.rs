@@ -64,6 +64,7 @@ fn hex_word(word: u32) -> [u8; 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn hex_matches_formatting() {
@@ -99,7 +100,6 @@ mod tests {
             }
         }
     }
-    use std::collections::HashSet;
 
     #[test]
     fn ids_do_not_repeat_within_or_across_threads() {

@@ -83,7 +83,23 @@ use upstream::Clients;
 /// p99 by about 7% at the same req/s in `bench/proxy.py`'s placement; with
 /// the self-wake that replaced it, 16, 24 and 32 measured the same within
 /// the noise (bench/RESULTS.md, 2026-11-27).
-pub const EVENT_INTERVAL: u32 = 16;
+const EVENT_INTERVAL: u32 = 16;
+
+/// The runtime that serves traffic, for `serve` and `dataplane`: `threads`
+/// workers (`None`: one per core; 1: a single-threaded scheduler), timers
+/// and IO on, sockets looked at every `EVENT_INTERVAL` task polls.
+pub fn serving_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.event_interval(EVENT_INTERVAL).enable_all().build()
+}
 
 /// A network range, for trusted proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,6 +435,31 @@ impl Listeners {
 #[cfg(test)]
 mod tests {
     use super::Cidr;
+
+    /// `--threads 1` gets the single-threaded scheduler, `--threads N` N
+    /// workers, no value one per core; each runs timers and IO.
+    #[test]
+    fn the_serving_runtime_has_the_workers_asked_for() {
+        use tokio::runtime::RuntimeFlavor;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (threads, flavor, workers) in [
+            (Some(1), RuntimeFlavor::CurrentThread, 1),
+            (Some(3), RuntimeFlavor::MultiThread, 3),
+            (None, RuntimeFlavor::MultiThread, cores),
+        ] {
+            let runtime = super::serving_runtime(threads).expect("runtime");
+            assert_eq!(runtime.handle().runtime_flavor(), flavor, "{threads:?}");
+            assert_eq!(runtime.metrics().num_workers(), workers, "{threads:?}");
+            let slept = runtime.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    tokio::time::sleep(std::time::Duration::from_millis(1)),
+                )
+                .await
+            });
+            assert!(slept.is_ok(), "timers run on {threads:?}");
+        }
+    }
 
     /// A listener's accept queue is the long one asked for (as far as
     /// `net.core.somaxconn` allows), not the usual 128. `ss` shows it as the

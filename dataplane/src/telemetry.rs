@@ -25,6 +25,7 @@
 //! Tokio runtime; [`RuntimeClient`] runs the exporter's HTTP requests on
 //! the dataplane's runtime with its hyper client.
 
+use crate::ids::hex_into;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{
@@ -140,8 +141,6 @@ pub fn new_span_id() -> [u8; 8] {
     }
     id
 }
-
-use crate::ids::hex_into;
 
 fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0; bytes.len() * 2];
