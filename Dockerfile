@@ -14,11 +14,14 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# --locked: exactly the dependency versions in Cargo.lock.
+# The profile-guided release build (scripts/build-pgo.sh: two release
+# builds around a minute of example traffic on loopback; it installs llvm-NN
+# and nghttp2-client from Debian). Exactly the dependency versions in
+# Cargo.lock (--locked).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ferrogate \
- && install -D -m 0755 target/release/ferrogate /out/ferrogate
+    ./scripts/build-pgo.sh \
+ && install -D -m 0755 target/pgo/ferrogate /out/ferrogate
 
 # --- run ----------------------------------------------------------------------
 # glibc and libgcc (for the Rust runtime), CA certificates, no shell, no

@@ -13,6 +13,10 @@ are taken between medians of the same invocation.
                            [--body 0] [--binary target/release/ferrogate]
                            [--quick] [--json FILE]
 
+`--binary target/pgo/ferrogate` measures the profile-guided build that
+the container image ships (scripts/build-pgo.sh); the default is the
+plain `cargo build --release` one. RESULTS.md records both.
+
 `nginx-gw` is the same nginx also doing what Ferrogate does to every
 forwarded request by default: X-Forwarded-For/-Proto/-Host and an
 X-Request-ID (the client's, or a new random one) sent upstream and
