@@ -21,30 +21,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{free_port, free_port_run};
+
 /// How long the demo may take to print its commands (it compiles the
 /// examples and generates keys; under a parallel test run this is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A base port with the three after it free as well.
-fn free_port_run(len: u16) -> Result<u16> {
-    for _ in 0..50 {
-        let base = free_port()?;
-        if base > u16::MAX - len {
-            continue;
-        }
-        let held: Result<Vec<TcpListener>, _> = (0..len)
-            .map(|i| TcpListener::bind(("127.0.0.1", base + i)))
-            .collect();
-        if held.is_ok() {
-            return Ok(base);
-        }
-    }
-    bail!("no run of {len} free ports found")
-}
 
 /// One numbered section of the demo's output: its title and commands.
 #[derive(Debug)]

@@ -102,8 +102,10 @@ fn image_is_multi_stage_locked_and_non_root() -> Result<()> {
         "build-pgo.sh should make two --locked release builds: {builds:?}"
     );
     ensure!(
-        script.contains("-Cprofile-generate=") && script.contains("-Cprofile-use="),
-        "build-pgo.sh should build instrumented, then with the profile"
+        script.contains("-Cprofile-generate=")
+            && script.contains("scripts/pgo-train.sh")
+            && script.contains("-Cprofile-use="),
+        "build-pgo.sh should build instrumented, train (tests/pgo_training.rs), then build with the profile"
     );
     let final_stage = text
         .rsplit_once("\nFROM ")

@@ -756,3 +756,28 @@ pub async fn tls_connect(
         .await
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
+
+/// A free port on 127.0.0.1 (free when asked; the caller binds it soon).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A base port with the `len - 1` after it free as well, for programs
+/// that take consecutive ports (the demo's sample services).
+pub fn free_port_run(len: u16) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let base = free_port()?;
+        if base > u16::MAX - len {
+            continue;
+        }
+        let held: Result<Vec<std::net::TcpListener>, _> = (0..len)
+            .map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)))
+            .collect();
+        if held.is_ok() {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no run of {len} free ports found")
+}
